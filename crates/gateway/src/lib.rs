@@ -1,0 +1,7 @@
+//! engine-gateway: authenticated, resumable byte streams into a durable store.
+//!
+//! The binary (`main.rs`) is thin glue; everything it runs lives here so tests can call it.
+
+pub mod auth;
+pub mod store;
+pub mod stream_id;

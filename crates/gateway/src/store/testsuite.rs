@@ -1,0 +1,1 @@
+//! The behaviour every [`Store`](super::Store) backend must have, as one suite of checks.
