@@ -87,6 +87,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stops taking writes and makes everything accepted durable. Idempotent.
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// Appends the backend's own metrics (Prometheus text format, `engine_gateway_store_*`).
+    fn write_metrics(&self, _out: &mut String) {}
 }
 
 /// What went wrong, as callers need to tell it apart.
