@@ -142,6 +142,7 @@ fn bearer(header: Option<&http::HeaderValue>) -> Result<&str, AuthError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

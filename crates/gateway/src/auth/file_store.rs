@@ -227,10 +227,11 @@ impl Inner {
             return Ok(None);
         };
         let mut cache = self.lock();
-        if cache.len() >= CACHE_CAPACITY && !cache.contains_key(id) {
-            if let Some(victim) = cache.keys().next().cloned() {
-                cache.remove(&victim);
-            }
+        if cache.len() >= CACHE_CAPACITY
+            && !cache.contains_key(id)
+            && let Some(victim) = cache.keys().next().cloned()
+        {
+            cache.remove(&victim);
         }
         let cached = Cached {
             stamp,

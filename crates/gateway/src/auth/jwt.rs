@@ -220,10 +220,10 @@ impl JwtVerifier {
         if !aud_ok {
             return Err(JwtError::Audience);
         }
-        if let Some(issuer) = &self.issuer {
-            if claims.iss.as_deref() != Some(issuer.as_str()) {
-                return Err(JwtError::Issuer);
-            }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_deref() != Some(issuer.as_str())
+        {
+            return Err(JwtError::Issuer);
         }
         let role = claims.role.ok_or(JwtError::MissingClaim("role"))?;
         let role: Role = role.parse().map_err(|_| JwtError::InvalidClaim("role"))?;
@@ -280,5 +280,5 @@ fn numeric_date(n: serde_json::Number) -> Option<u64> {
     }
     let f = n.as_f64()?;
     // `as` saturates; the range check keeps the value meaningful.
-    (f.is_finite() && (0.0..1.0e18).contains(&f)).then(|| f as u64)
+    (f.is_finite() && (0.0..1.0e18).contains(&f)).then_some(f as u64)
 }

@@ -7,7 +7,6 @@ mod authenticator;
 mod file_store;
 mod jwt;
 mod tokens;
-mod ttl;
 
 use std::fmt;
 
@@ -17,9 +16,9 @@ pub use authenticator::{AuthError, Authenticator, MAX_HEADER_LEN};
 pub use file_store::{ADMIN_TOKEN_FILE, CACHE_CAPACITY, FileTokenStore, bootstrap_admin};
 pub use jwt::{JwtError, JwtKeyError, JwtVerifier, LEEWAY_SECS, MAX_JWT_LEN, MIN_RSA_BITS};
 pub use tokens::{
-    NewToken, ScopeError, Secret, TOKEN_PREFIX, TokenError, TokenRecord, TokenStore, validate_scope,
+    NewToken, ScopeError, Secret, TOKEN_PREFIX, TokenError, TokenRecord, TokenStore, parse_ttl,
+    validate_scope,
 };
-pub use ttl::parse_ttl;
 
 /// What a token is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
