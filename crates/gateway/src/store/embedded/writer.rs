@@ -196,10 +196,12 @@ impl Writer {
                 Request::Close { .. } => None,
             })
             .collect();
+        // wake followers before answering, so a wait started after an append returned is not
+        // woken by that append's own notification
+        self.shared.waiters.notify(names.iter().map(String::as_str));
         for (request, outcome) in batch.drain(..).zip(outcomes) {
             request.answer(outcome);
         }
-        self.shared.waiters.notify(names.iter().map(String::as_str));
     }
 
     /// Validates, logs durably, and indexes one batch; returns one outcome per request.
