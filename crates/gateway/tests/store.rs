@@ -28,7 +28,9 @@ fn config(dir: &Path) -> EmbeddedConfig {
 }
 
 async fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, engine_gateway::store::StoreError> {
-    tokio::task::spawn_blocking(move || EmbeddedStore::open(config)).await.unwrap()
+    tokio::task::spawn_blocking(move || EmbeddedStore::open(config))
+        .await
+        .unwrap()
 }
 
 fn sid(name: &str) -> StreamId {
@@ -42,7 +44,10 @@ fn content(s: usize, o: u64) -> u8 {
 
 fn check_content(s: usize, data: &[u8]) {
     let bad = (0..data.len()).find(|&o| data[o] != content(s, o as u64));
-    assert_eq!(bad, None, "stream {s}: first byte that differs from what was written");
+    assert_eq!(
+        bad, None,
+        "stream {s}: first byte that differs from what was written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,14 +59,29 @@ async fn suite_passes_on_a_fresh_store() {
     run_all(&store).await;
     let mut metrics = String::new();
     store.write_metrics(&mut metrics);
-    assert!(metrics.contains("# TYPE engine_gateway_store_fsync_seconds histogram"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE engine_gateway_store_fsync_seconds histogram"),
+        "{metrics}"
+    );
     store.close().await.unwrap();
     store.close().await.unwrap();
-    let err = store.append(&sid("late"), 0, Bytes::new(), false).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "append after close: {err}");
+    let err = store
+        .append(&sid("late"), 0, Bytes::new(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Unavailable,
+        "append after close: {err}"
+    );
     assert!(store.ready().await.is_err(), "not ready after close");
-    let segments = std::fs::read_dir(dir.path().join("segments")).unwrap().count();
-    assert!(segments > 1, "the suite writes more than one 256 KiB segment");
+    let segments = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .count();
+    assert!(
+        segments > 1,
+        "the suite writes more than one 256 KiB segment"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,14 +91,29 @@ async fn reopen_keeps_everything() {
     let big: Vec<u8> = (0..300_000u64).map(|o| content(1, o)).collect();
     for piece in big.chunks(70_000) {
         let at = store.head(&sid("big")).await.map_or(0, |i| i.length);
-        store.append(&sid("big"), at, Bytes::copy_from_slice(piece), false).await.unwrap();
+        store
+            .append(&sid("big"), at, Bytes::copy_from_slice(piece), false)
+            .await
+            .unwrap();
     }
-    store.append(&sid("sealed"), 0, Bytes::from_static(b"done"), true).await.unwrap();
-    store.append(&sid("gone"), 0, Bytes::from_static(b"x"), false).await.unwrap();
+    store
+        .append(&sid("sealed"), 0, Bytes::from_static(b"done"), true)
+        .await
+        .unwrap();
+    store
+        .append(&sid("gone"), 0, Bytes::from_static(b"x"), false)
+        .await
+        .unwrap();
     store.delete(&sid("gone")).await.unwrap();
-    store.append(&sid("again"), 0, Bytes::from_static(b"old"), false).await.unwrap();
+    store
+        .append(&sid("again"), 0, Bytes::from_static(b"old"), false)
+        .await
+        .unwrap();
     store.delete(&sid("again")).await.unwrap();
-    store.append(&sid("again"), 0, Bytes::from_static(b"new!"), false).await.unwrap();
+    store
+        .append(&sid("again"), 0, Bytes::from_static(b"new!"), false)
+        .await
+        .unwrap();
     store.close().await.unwrap();
     drop(store);
 
@@ -87,13 +122,33 @@ async fn reopen_keeps_everything() {
     assert_eq!(read_to_end(&store, &sid("big"), "big").await, big);
     let sealed = store.head(&sid("sealed")).await.unwrap();
     assert_eq!((sealed.length, sealed.sealed), (4, true));
-    assert_eq!(store.head(&sid("gone")).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        store.head(&sid("gone")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert_eq!(read_to_end(&store, &sid("again"), "again").await, b"new!");
     // a stream created after reopening gets a fresh key and sees no old bytes
-    store.append(&sid("fresh"), 0, Bytes::from_static(b"f"), false).await.unwrap();
+    store
+        .append(&sid("fresh"), 0, Bytes::from_static(b"f"), false)
+        .await
+        .unwrap();
     assert_eq!(read_to_end(&store, &sid("fresh"), "fresh").await, b"f");
-    let ids: Vec<String> = store.list("org/cluster/", 10).await.unwrap().into_iter().map(|i| i.id).collect();
-    assert_eq!(ids, ["org/cluster/again", "org/cluster/big", "org/cluster/fresh", "org/cluster/sealed"]);
+    let ids: Vec<String> = store
+        .list("org/cluster/", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "org/cluster/again",
+            "org/cluster/big",
+            "org/cluster/fresh",
+            "org/cluster/sealed"
+        ]
+    );
     store.close().await.unwrap();
 }
 
@@ -101,18 +156,27 @@ async fn reopen_keeps_everything() {
 async fn garbage_after_the_log_is_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(config(dir.path())).await.unwrap();
-    store.append(&sid("a"), 0, Bytes::from_static(b"intact"), false).await.unwrap();
+    store
+        .append(&sid("a"), 0, Bytes::from_static(b"intact"), false)
+        .await
+        .unwrap();
     store.close().await.unwrap();
     drop(store);
     let last = last_segment(dir.path());
-    let mut file = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
     file.write_all(&[0xAB; 100]).unwrap();
     drop(file);
 
     let store = open(config(dir.path())).await.unwrap();
     assert_eq!(store.recovery().truncated_bytes, 100, "the garbage is cut");
     assert_eq!(read_to_end(&store, &sid("a"), "a").await, b"intact");
-    store.append(&sid("a"), 6, Bytes::from_static(b"+more"), false).await.unwrap();
+    store
+        .append(&sid("a"), 6, Bytes::from_static(b"+more"), false)
+        .await
+        .unwrap();
     store.close().await.unwrap();
     drop(store);
     let store = open(config(dir.path())).await.unwrap();
@@ -142,7 +206,10 @@ async fn replay_after_kill_starts_at_the_checkpoint() {
     let store = open(config(dir.path())).await.unwrap();
     let recovery = store.recovery();
     // the child checkpoints every 10 batches: only the batches since the last one are replayed
-    assert!((1..=30).contains(&recovery.records), "replayed {recovery:?}");
+    assert!(
+        (1..=30).contains(&recovery.records),
+        "replayed {recovery:?}"
+    );
     verify(&store, &acks).await;
     store.close().await.unwrap();
 }
@@ -154,17 +221,36 @@ async fn torn_record_after_kill_is_cut() {
     let (mut acks, _child) = read_acks(child, |line| line == "DONE");
     let last = last_segment(dir.path());
     let len = std::fs::metadata(&last).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(len - 7).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
     let store = open(config(dir.path())).await.unwrap();
-    assert!(store.recovery().truncated_bytes > 0, "{:?}", store.recovery());
+    assert!(
+        store.recovery().truncated_bytes > 0,
+        "{:?}",
+        store.recovery()
+    );
     // the last append was cut in half: its stream ends where it began, the others are intact
     let (s, _) = acks.pop().unwrap();
     let info = store.head(&sid(&format!("s{s}"))).await.unwrap();
     let data = read_to_end(&store, &sid(&format!("s{s}")), "torn").await;
     check_content(s, &data);
     verify(&store, &acks).await;
-    let next: Vec<u8> = (info.length..info.length + 10).map(|o| content(s, o)).collect();
-    store.append(&sid(&format!("s{s}")), info.length, Bytes::from(next), false).await.unwrap();
+    let next: Vec<u8> = (info.length..info.length + 10)
+        .map(|o| content(s, o))
+        .collect();
+    store
+        .append(
+            &sid(&format!("s{s}")),
+            info.length,
+            Bytes::from(next),
+            false,
+        )
+        .await
+        .unwrap();
     store.close().await.unwrap();
 }
 
@@ -194,7 +280,11 @@ fn crash_child() {
         return;
     };
     let mode = std::env::var(CHILD_MODE).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(child_main(PathBuf::from(dir), mode));
 }
 
@@ -217,7 +307,11 @@ async fn child_main(dir: PathBuf, mode: String) {
             for round in 0..rounds {
                 let len = 1 + (round * 7919 + s as u64 * 104_729) % 65_536;
                 let data: Vec<u8> = (offset..offset + len).map(|o| content(s, o)).collect();
-                offset = store.append(&id, offset, Bytes::from(data), false).await.unwrap().offset;
+                offset = store
+                    .append(&id, offset, Bytes::from(data), false)
+                    .await
+                    .unwrap()
+                    .offset;
                 {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {s} {offset}").unwrap();
@@ -289,7 +383,11 @@ async fn verify(store: &EmbeddedStore, acks: &[(usize, u64)]) {
     }
     for (s, acked) in max {
         let data = read_to_end(store, &sid(&format!("s{s}")), "verify").await;
-        assert!(data.len() as u64 >= acked, "stream {s}: acknowledged {acked}, recovered {}", data.len());
+        assert!(
+            data.len() as u64 >= acked,
+            "stream {s}: acknowledged {acked}, recovered {}",
+            data.len()
+        );
         check_content(s, &data);
     }
 }

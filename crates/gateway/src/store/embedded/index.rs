@@ -6,7 +6,10 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
 
 use super::log::{APPEND_DATA_OFFSET, Record};
 use crate::store::{StoreError, StreamInfo};
@@ -49,7 +52,13 @@ impl Meta {
     }
 
     fn tuple(&self) -> (u64, u64, bool, u64, u64) {
-        (self.key, self.length, self.sealed, self.created, self.updated)
+        (
+            self.key,
+            self.length,
+            self.sealed,
+            self.created,
+            self.updated,
+        )
     }
 
     pub(super) fn info(&self, id: &str) -> StreamInfo {
@@ -106,33 +115,54 @@ impl<'t> Tables<'t> {
     }
 
     fn meta_by_key(&self, key: u64) -> Result<Option<(String, Meta)>, StoreError> {
-        let Some(name) = self.keys.get(key).map_err(db_err)?.map(|g| g.value().to_owned()) else {
+        let Some(name) = self
+            .keys
+            .get(key)
+            .map_err(db_err)?
+            .map(|g| g.value().to_owned())
+        else {
             return Ok(None);
         };
-        let meta = self
-            .meta(&name)?
-            .ok_or_else(|| StoreError::internal(format!("index: key {key} names missing stream {name}")))?;
+        let meta = self.meta(&name)?.ok_or_else(|| {
+            StoreError::internal(format!("index: key {key} names missing stream {name}"))
+        })?;
         Ok(Some((name, meta)))
     }
 
     /// The log position the index reflects, if any was recorded.
     pub(super) fn checkpoint(&self) -> Result<Option<(u64, u64)>, StoreError> {
-        Ok(self.state.get("checkpoint").map_err(db_err)?.map(|g| g.value()))
+        Ok(self
+            .state
+            .get("checkpoint")
+            .map_err(db_err)?
+            .map(|g| g.value()))
     }
 
     pub(super) fn set_checkpoint(&mut self, segment: u64, pos: u64) -> Result<(), StoreError> {
-        self.state.insert("checkpoint", (segment, pos)).map_err(db_err)?;
+        self.state
+            .insert("checkpoint", (segment, pos))
+            .map_err(db_err)?;
         Ok(())
     }
 
     /// The key the next created stream gets.
     pub(super) fn next_key(&self) -> Result<u64, StoreError> {
-        Ok(self.state.get("next_key").map_err(db_err)?.map_or(1, |g| g.value().0))
+        Ok(self
+            .state
+            .get("next_key")
+            .map_err(db_err)?
+            .map_or(1, |g| g.value().0))
     }
 
     /// Applies one log record found at `(segment, pos)`. With `replay`, records the index already
     /// reflects are skipped, so replaying from an older checkpoint is harmless.
-    pub(super) fn apply(&mut self, record: Record<'_>, segment: u64, pos: u64, replay: bool) -> Result<(), StoreError> {
+    pub(super) fn apply(
+        &mut self,
+        record: Record<'_>,
+        segment: u64,
+        pos: u64,
+        replay: bool,
+    ) -> Result<(), StoreError> {
         match record {
             Record::Create { key, time, name } => {
                 if self.keys.get(key).map_err(db_err)?.is_some() {
@@ -148,10 +178,17 @@ impl<'t> Tables<'t> {
                 self.streams.insert(name, meta.tuple()).map_err(db_err)?;
                 self.keys.insert(key, name).map_err(db_err)?;
                 if key >= self.next_key()? {
-                    self.state.insert("next_key", (key + 1, 0)).map_err(db_err)?;
+                    self.state
+                        .insert("next_key", (key + 1, 0))
+                        .map_err(db_err)?;
                 }
             }
-            Record::Append { key, offset, time, data } => {
+            Record::Append {
+                key,
+                offset,
+                time,
+                data,
+            } => {
                 let Some((name, mut meta)) = self.meta_by_key(key)? else {
                     return skip_or_fail(replay, "append to a missing stream");
                 };
@@ -173,7 +210,9 @@ impl<'t> Tables<'t> {
                 }
                 meta.length += u64::from(len);
                 meta.updated = time;
-                self.streams.insert(name.as_str(), meta.tuple()).map_err(db_err)?;
+                self.streams
+                    .insert(name.as_str(), meta.tuple())
+                    .map_err(db_err)?;
             }
             Record::Seal { key, time } => {
                 let Some((name, mut meta)) = self.meta_by_key(key)? else {
@@ -181,7 +220,9 @@ impl<'t> Tables<'t> {
                 };
                 meta.sealed = true;
                 meta.updated = time;
-                self.streams.insert(name.as_str(), meta.tuple()).map_err(db_err)?;
+                self.streams
+                    .insert(name.as_str(), meta.tuple())
+                    .map_err(db_err)?;
             }
             Record::Delete { key, .. } => {
                 let Some((name, _)) = self.meta_by_key(key)? else {
@@ -229,7 +270,11 @@ impl Snapshot {
     }
 
     pub(super) fn meta(&self, name: &str) -> Result<Option<Meta>, StoreError> {
-        Ok(self.streams.get(name).map_err(db_err)?.map(|g| Meta::from_tuple(g.value())))
+        Ok(self
+            .streams
+            .get(name)
+            .map_err(db_err)?
+            .map(|g| Meta::from_tuple(g.value())))
     }
 
     /// Streams whose name starts with `prefix`, in name order, at most `limit`.
@@ -250,7 +295,12 @@ impl Snapshot {
 
     /// Where the `want` bytes from `offset` of stream `key` are. The caller checked that
     /// `offset + want` is within the stream's length.
-    pub(super) fn pieces(&self, key: u64, offset: u64, want: u64) -> Result<Vec<Piece>, StoreError> {
+    pub(super) fn pieces(
+        &self,
+        key: u64,
+        offset: u64,
+        want: u64,
+    ) -> Result<Vec<Piece>, StoreError> {
         let mut pieces = Vec::new();
         let start = self
             .chunks
@@ -263,7 +313,11 @@ impl Snapshot {
             .ok_or_else(|| StoreError::internal(format!("index: no chunk at offset {offset}")))?;
         let mut at = offset;
         let end = offset + want;
-        for entry in self.chunks.range((key, start)..=(key, u64::MAX)).map_err(db_err)? {
+        for entry in self
+            .chunks
+            .range((key, start)..=(key, u64::MAX))
+            .map_err(db_err)?
+        {
             if at >= end {
                 break;
             }
@@ -271,7 +325,9 @@ impl Snapshot {
             let (chunk_offset, (segment, pos, len)) = (k.value().1, v.value());
             let chunk_end = chunk_offset + u64::from(len);
             if chunk_offset > at || chunk_end <= at {
-                return Err(StoreError::internal(format!("index: gap in stream at offset {at}")));
+                return Err(StoreError::internal(format!(
+                    "index: gap in stream at offset {at}"
+                )));
             }
             let take = chunk_end.min(end) - at;
             pieces.push(Piece {
@@ -282,7 +338,9 @@ impl Snapshot {
             at += take;
         }
         if at < end {
-            return Err(StoreError::internal(format!("index: chunks end at {at}, before {end}")));
+            return Err(StoreError::internal(format!(
+                "index: chunks end at {at}, before {end}"
+            )));
         }
         Ok(pieces)
     }

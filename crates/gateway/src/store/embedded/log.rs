@@ -28,7 +28,11 @@ const DELETE: u8 = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Record<'a> {
     /// A stream comes into existence with a fresh numeric key.
-    Create { key: u64, time: u64, name: &'a str },
+    Create {
+        key: u64,
+        time: u64,
+        name: &'a str,
+    },
     /// `data` is the stream's bytes at `offset`.
     Append {
         key: u64,
@@ -36,8 +40,14 @@ pub(super) enum Record<'a> {
         time: u64,
         data: &'a [u8],
     },
-    Seal { key: u64, time: u64 },
-    Delete { key: u64, time: u64 },
+    Seal {
+        key: u64,
+        time: u64,
+    },
+    Delete {
+        key: u64,
+        time: u64,
+    },
 }
 
 impl Record<'_> {
@@ -151,7 +161,11 @@ impl SegmentWriter {
     pub(super) fn open(dir: &Path, number: u64, pos: u64) -> io::Result<Self> {
         let path = segment_path(dir, number);
         let existed = path.exists();
-        let file = OpenOptions::new().create(true).write(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
         if !existed {
             sync_dir(&dir.join("segments"))?;
         }
@@ -225,7 +239,10 @@ pub(super) fn scan(
     for (i, &number) in later.iter().enumerate() {
         let path = segment_path(dir, number);
         let file = File::open(&path).map_err(|e| io_err("opening segment", e))?;
-        let file_len = file.metadata().map_err(|e| io_err("segment size", e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| io_err("segment size", e))?
+            .len();
         let mut pos = if number == from.0 { from.1 } else { 0 };
         if pos > file_len {
             return Err(StoreError::internal(format!(
@@ -291,7 +308,8 @@ fn read_record(reader: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<Opti
     if !read_full(reader, &mut header)? {
         return Ok(None);
     }
-    let field = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let field =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let (magic, len, crc) = (field(0), field(8), field(12));
     if magic != MAGIC || header[5..8] != [0, 0, 0] || len > MAX_PAYLOAD {
         return Ok(None);

@@ -35,7 +35,11 @@ impl Histogram {
     }
 
     pub(super) fn observe(&self, value: f64) {
-        let i = self.bounds.iter().position(|&b| value <= b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Relaxed);
         self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
     }
@@ -88,10 +92,26 @@ impl Metrics {
 
     pub(super) fn write(&self, out: &mut String) {
         let counters = [
-            ("batches_total", "group commits of the write-ahead log", &self.batches),
-            ("fsyncs_total", "fdatasync calls on log segments", &self.fsyncs),
-            ("appended_bytes_total", "stream bytes appended", &self.appended_bytes),
-            ("checkpoints_total", "durable index commits", &self.checkpoints),
+            (
+                "batches_total",
+                "group commits of the write-ahead log",
+                &self.batches,
+            ),
+            (
+                "fsyncs_total",
+                "fdatasync calls on log segments",
+                &self.fsyncs,
+            ),
+            (
+                "appended_bytes_total",
+                "stream bytes appended",
+                &self.appended_bytes,
+            ),
+            (
+                "checkpoints_total",
+                "durable index commits",
+                &self.checkpoints,
+            ),
         ];
         for (name, help, value) in counters {
             let name = format!("engine_gateway_store_{name}");
@@ -112,13 +132,24 @@ impl Metrics {
             "duration of one log fdatasync",
         );
         let recovery = [
-            ("records", "log records replayed at open", self.recovery.records),
+            (
+                "records",
+                "log records replayed at open",
+                self.recovery.records,
+            ),
             ("bytes", "log bytes replayed at open", self.recovery.bytes),
-            ("truncated_bytes", "bytes cut from a torn log tail at open", self.recovery.truncated_bytes),
+            (
+                "truncated_bytes",
+                "bytes cut from a torn log tail at open",
+                self.recovery.truncated_bytes,
+            ),
         ];
         for (name, help, value) in recovery {
             let name = format!("engine_gateway_store_recovery_{name}");
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
     }
 }

@@ -27,8 +27,8 @@ use redb::Database;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::info;
 
-pub use self::metrics::RecoveryReport;
 use self::index::{Tables, db_err};
+pub use self::metrics::RecoveryReport;
 use self::read::SegmentFiles;
 use self::wait::Waiters;
 use self::writer::{Request, Writer, WriterConfig};
@@ -109,10 +109,14 @@ impl EmbeddedStore {
     /// before starting the runtime or through `spawn_blocking`.
     pub fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
         if config.segment_bytes == 0 || config.queue_depth == 0 || config.max_queued_bytes == 0 {
-            return Err(StoreError::internal("embedded store: sizes must be positive"));
+            return Err(StoreError::internal(
+                "embedded store: sizes must be positive",
+            ));
         }
         let dir = &config.dir;
-        let io = |what: &str, e: std::io::Error| StoreError::internal(format!("{what} {}: {e}", dir.display()));
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::internal(format!("{what} {}: {e}", dir.display()))
+        };
         fs::create_dir_all(dir.join("segments")).map_err(|e| io("creating", e))?;
         let lock = lock_dir(dir)?;
         let started = Instant::now();
@@ -127,7 +131,8 @@ impl EmbeddedStore {
             millis = recovery.millis,
             "store recovered"
         );
-        let segment = log::SegmentWriter::open(dir, end.0, end.1).map_err(|e| io("opening the log in", e))?;
+        let segment =
+            log::SegmentWriter::open(dir, end.0, end.1).map_err(|e| io("opening the log in", e))?;
         let shared = Arc::new(Shared {
             db,
             files: SegmentFiles::new(dir.clone()),
@@ -183,7 +188,11 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::internal(format!("store task failed: {e}")))?
     }
 
-    async fn request<T>(&self, request: Request, rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn request<T>(
+        &self,
+        request: Request,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         if self.shared.closed.load(SeqCst) {
             return Err(StoreError::unavailable("store is closed"));
         }
@@ -215,7 +224,10 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
                 dir.display()
             )));
         }
-        return Err(StoreError::internal(format!("locking {}: {err}", path.display())));
+        return Err(StoreError::internal(format!(
+            "locking {}: {err}",
+            path.display()
+        )));
     }
     Ok(file)
 }
@@ -234,7 +246,9 @@ fn recover(db: &Database, dir: &Path) -> Result<((u64, u64), u64, RecoveryReport
                 (first.first().copied().unwrap_or(0), 0)
             }
         };
-        let outcome = log::scan(dir, from, |record, segment, pos| tables.apply(record, segment, pos, true))?;
+        let outcome = log::scan(dir, from, |record, segment, pos| {
+            tables.apply(record, segment, pos, true)
+        })?;
         tables.set_checkpoint(outcome.end.0, outcome.end.1)?;
         (outcome.end, tables.next_key()?, outcome)
     };
@@ -257,12 +271,21 @@ impl Store for EmbeddedStore {
             .ok_or_else(|| StoreError::not_found(id))
     }
 
-    async fn append(&self, id: &StreamId, offset: u64, data: Bytes, seal: bool) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        id: &StreamId,
+        offset: u64,
+        data: Bytes,
+        seal: bool,
+    ) -> Result<Appended, StoreError> {
         if data.len() > MAX_APPEND_BYTES {
             return Err(StoreError::too_large(data.len(), MAX_APPEND_BYTES));
         }
         if offset.checked_add(data.len() as u64).is_none() {
-            return Err(StoreError::new(ErrorKind::InvalidOffset, format!("offset {offset} overflows")));
+            return Err(StoreError::new(
+                ErrorKind::InvalidOffset,
+                format!("offset {offset} overflows"),
+            ));
         }
         let permits = data.len().min(self.max_queued_bytes) as u32;
         let permit = self
@@ -308,12 +331,20 @@ impl Store for EmbeddedStore {
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<StreamInfo>, StoreError> {
         let prefix = prefix.to_owned();
-        self.blocking(move |s| read::list(&s.db, &prefix, limit)).await
+        self.blocking(move |s| read::list(&s.db, &prefix, limit))
+            .await
     }
 
     async fn delete(&self, id: &StreamId) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.request(Request::Delete { id: id.clone(), reply }, rx).await
+        self.request(
+            Request::Delete {
+                id: id.clone(),
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -327,7 +358,9 @@ impl Store for EmbeddedStore {
             return Err(StoreError::unavailable("store is closed"));
         }
         if self.shared.failed.load(SeqCst) {
-            return Err(StoreError::unavailable("store failed a write; restart to recover"));
+            return Err(StoreError::unavailable(
+                "store failed a write; restart to recover",
+            ));
         }
         Ok(())
     }

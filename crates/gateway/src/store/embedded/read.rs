@@ -57,7 +57,11 @@ pub(super) fn head(db: &Database, name: &str) -> Result<Option<StreamInfo>, Stor
     Ok(snapshot.meta(name)?.map(|m| m.info(name)))
 }
 
-pub(super) fn list(db: &Database, prefix: &str, limit: usize) -> Result<Vec<StreamInfo>, StoreError> {
+pub(super) fn list(
+    db: &Database,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<StreamInfo>, StoreError> {
     let txn = db.begin_read().map_err(db_err)?;
     Snapshot::new(&txn)?.list(prefix, limit)
 }
@@ -78,7 +82,10 @@ pub(super) fn read(
     if offset > meta.length {
         return Err(StoreError::new(
             ErrorKind::InvalidOffset,
-            format!("offset {offset} is past the end of stream {name} ({} bytes)", meta.length),
+            format!(
+                "offset {offset} is past the end of stream {name} ({} bytes)",
+                meta.length
+            ),
         ));
     }
     let want = (meta.length - offset).min(max as u64);
@@ -88,9 +95,10 @@ pub(super) fn read(
             let file = files.get(piece.segment)?;
             let start = data.len();
             data.resize(start + piece.len, 0);
-            file.read_exact_at(&mut data[start..], piece.pos).map_err(|e| {
-                StoreError::internal(format!("reading segment {}: {e}", piece.segment))
-            })?;
+            file.read_exact_at(&mut data[start..], piece.pos)
+                .map_err(|e| {
+                    StoreError::internal(format!("reading segment {}: {e}", piece.segment))
+                })?;
         }
     }
     Ok(Some(ReadChunk {

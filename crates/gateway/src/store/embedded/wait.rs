@@ -56,7 +56,9 @@ pub(super) struct WaitGuard<'a> {
 impl WaitGuard<'_> {
     pub(super) fn notify(&self) -> &Notify {
         // Some until drop
-        self.notify.as_deref().unwrap_or_else(|| unreachable!("wait guard used after drop"))
+        self.notify
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("wait guard used after drop"))
     }
 }
 
@@ -64,7 +66,10 @@ impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         let mut map = self.waiters.map.lock().unwrap_or_else(|p| p.into_inner());
         drop(self.notify.take());
-        if map.get(&self.name).is_some_and(|n| Arc::strong_count(n) == 1) {
+        if map
+            .get(&self.name)
+            .is_some_and(|n| Arc::strong_count(n) == 1)
+        {
             map.remove(&self.name);
         }
     }

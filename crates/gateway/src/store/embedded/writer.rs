@@ -33,7 +33,9 @@ pub(super) enum Request {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Finish what is queued before, make the index durable, and stop.
-    Close { reply: oneshot::Sender<Result<(), StoreError>> },
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl Request {
@@ -48,7 +50,9 @@ impl Request {
         // a requester that went away does not care about the answer
         match self {
             Request::Append { reply, .. } => {
-                let _ = reply.send(result.and_then(|a| a.ok_or_else(|| StoreError::internal("no append result"))));
+                let _ = reply.send(
+                    result.and_then(|a| a.ok_or_else(|| StoreError::internal("no append result"))),
+                );
             }
             Request::Delete { reply, .. } | Request::Close { reply } => {
                 let _ = reply.send(result.map(|_| ()));
@@ -153,7 +157,9 @@ impl Writer {
     /// Commits the index durably with the current log position.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         if self.shared.failed.load(SeqCst) {
-            return Err(StoreError::unavailable("store failed earlier; reopen to recover"));
+            return Err(StoreError::unavailable(
+                "store failed earlier; reopen to recover",
+            ));
         }
         let txn = self.shared.db.begin_write().map_err(db_err)?;
         {
@@ -173,7 +179,9 @@ impl Writer {
 
     fn process(&mut self, batch: &mut Vec<Request>) {
         let result = if self.shared.failed.load(SeqCst) {
-            Err(StoreError::unavailable("store failed earlier; reopen to recover"))
+            Err(StoreError::unavailable(
+                "store failed earlier; reopen to recover",
+            ))
         } else {
             self.commit(batch)
         };
@@ -205,12 +213,19 @@ impl Writer {
     }
 
     /// Validates, logs durably, and indexes one batch; returns one outcome per request.
-    fn commit(&mut self, batch: &[Request]) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+    fn commit(
+        &mut self,
+        batch: &[Request],
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
         let durable = self.since_checkpoint + 1 >= self.config.checkpoint_batches
             || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
         let mut txn = self.shared.db.begin_write().map_err(db_err)?;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })
-            .map_err(|e| StoreError::internal(format!("index: {e}")))?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| StoreError::internal(format!("index: {e}")))?;
         let now = unix_now();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut ops: Vec<(usize, Spec, u64, u64)> = Vec::new();
@@ -219,7 +234,8 @@ impl Writer {
             let mut pending: HashMap<&str, Option<Meta>> = HashMap::new();
             self.buf.clear();
             for (i, request) in batch.iter().enumerate() {
-                let (outcome, specs) = validate(request, &tables, &mut pending, &mut self.next_key, now)?;
+                let (outcome, specs) =
+                    validate(request, &tables, &mut pending, &mut self.next_key, now)?;
                 outcomes.push(outcome);
                 for spec in specs.into_iter().flatten() {
                     let (segment, pos) = self.add(spec.record(request, now))?;
@@ -258,12 +274,18 @@ impl Writer {
             self.segment
                 .roll()
                 .map_err(|e| StoreError::internal(format!("starting a segment: {e}")))?;
-            info!(segment = self.segment.number(), "store log rolled to a new segment");
+            info!(
+                segment = self.segment.number(),
+                "store log rolled to a new segment"
+            );
         }
         let pos = self.segment.pos() + self.buf.len() as u64;
         record.encode(&mut self.buf);
         if let Record::Append { data, .. } = record {
-            self.shared.metrics.appended_bytes.fetch_add(data.len() as u64, Relaxed);
+            self.shared
+                .metrics
+                .appended_bytes
+                .fetch_add(data.len() as u64, Relaxed);
         }
         Ok((self.segment.number(), pos))
     }
@@ -280,7 +302,9 @@ impl Writer {
         self.segment.sync().map_err(io)?;
         let metrics = &self.shared.metrics;
         metrics.fsyncs.fetch_add(1, Relaxed);
-        metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }
