@@ -400,3 +400,59 @@ fn last_segment(dir: &Path) -> PathBuf {
     segments.sort();
     segments.pop().unwrap()
 }
+
+/// Throughput of 64 KiB appends from 1 and 64 tasks; runs only with
+/// `ENGINE_GATEWAY_STORE_BENCH=1` (slow, and its figures mean something only on a quiet machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput() {
+    if std::env::var_os("ENGINE_GATEWAY_STORE_BENCH").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(EmbeddedConfig::new(dir.path())).await.unwrap());
+    let chunk = Bytes::from(vec![7u8; 64 << 10]);
+    for tasks in [1usize, 64] {
+        let fsyncs_before = fsyncs(&store);
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let (store, chunk) = (store.clone(), chunk.clone());
+            handles.push(tokio::spawn(async move {
+                let id = sid(&format!("bench-{tasks}-{t}"));
+                let mut offset = 0;
+                while started.elapsed() < Duration::from_secs(3) {
+                    offset = store
+                        .append(&id, offset, chunk.clone(), false)
+                        .await
+                        .unwrap()
+                        .offset;
+                }
+                offset
+            }));
+        }
+        let mut bytes = 0;
+        for handle in handles {
+            bytes += handle.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let syncs = fsyncs(&store) - fsyncs_before;
+        assert!(bytes > 0 && syncs > 0);
+        println!(
+            "{tasks} task(s): {:.1} MiB/s, {:.0} fsyncs/s, {:.1} appends per fsync",
+            bytes as f64 / secs / (1 << 20) as f64,
+            syncs as f64 / secs,
+            (bytes / (64 << 10)) as f64 / syncs as f64
+        );
+    }
+    store.close().await.unwrap();
+}
+
+fn fsyncs(store: &EmbeddedStore) -> u64 {
+    let mut out = String::new();
+    store.write_metrics(&mut out);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("engine_gateway_store_fsyncs_total "))
+        .unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
