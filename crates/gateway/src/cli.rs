@@ -60,7 +60,12 @@ pub enum TokenCommand {
 #[derive(Debug, Args)]
 pub struct DataDirArg {
     /// The gateway's data directory.
-    #[arg(long, env = "ENGINE_GATEWAY_DATA_DIR", value_name = "DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "ENGINE_GATEWAY_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./data"
+    )]
     pub data_dir: PathBuf,
 }
 

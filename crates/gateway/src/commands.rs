@@ -60,9 +60,19 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Create(args) => {
             let role: Role = args.role.parse().map_err(anyhow::Error::msg)?;
-            let ttl = args.ttl.as_deref().map(parse_ttl).transpose().map_err(anyhow::Error::msg)?;
+            let ttl = args
+                .ttl
+                .as_deref()
+                .map(parse_ttl)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let store = open_tokens(&args.data_dir.data_dir).await?;
-            let new = NewToken { org: args.org, cluster: args.cluster, role, ttl };
+            let new = NewToken {
+                org: args.org,
+                cluster: args.cluster,
+                role,
+                ttl,
+            };
             let (record, secret) = store.create(new).await.context("creating the token")?;
             eprintln!("created token {} ({})", record.id, describe(&record));
             println!("{}", secret.expose());
@@ -70,7 +80,10 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::List(args) => {
             let store = open_tokens(&args.data_dir).await?;
             let records = store.list().await.context("listing tokens")?;
-            println!("{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  STATE", "ID", "ROLE", "ORG", "CLUSTER", "CREATED", "EXPIRES");
+            println!(
+                "{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  STATE",
+                "ID", "ROLE", "ORG", "CLUSTER", "CREATED", "EXPIRES"
+            );
             let now = crate::store::unix_now();
             for r in records {
                 let state = match (r.revoked, r.is_expired_at(now)) {
@@ -85,13 +98,17 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                     r.org.as_deref().unwrap_or("*"),
                     r.cluster.as_deref().unwrap_or("*"),
                     r.created,
-                    r.expires.map_or_else(|| "never".to_string(), |e| e.to_string()),
+                    r.expires
+                        .map_or_else(|| "never".to_string(), |e| e.to_string()),
                 );
             }
         }
         TokenCommand::Revoke(args) => {
             let store = open_tokens(&args.data_dir.data_dir).await?;
-            let record = store.revoke(&args.id).await.with_context(|| format!("revoking token {}", args.id))?;
+            let record = store
+                .revoke(&args.id)
+                .await
+                .with_context(|| format!("revoking token {}", args.id))?;
             eprintln!("revoked token {} ({})", record.id, describe(&record));
         }
     }
@@ -99,7 +116,9 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn open_tokens(data_dir: &Path) -> anyhow::Result<FileTokenStore> {
-    FileTokenStore::open(data_dir).await.with_context(|| format!("opening tokens in {}", data_dir.display()))
+    FileTokenStore::open(data_dir)
+        .await
+        .with_context(|| format!("opening tokens in {}", data_dir.display()))
 }
 
 fn describe(r: &TokenRecord) -> String {

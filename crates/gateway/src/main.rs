@@ -9,7 +9,10 @@ use engine_gateway::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     engine_gateway::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

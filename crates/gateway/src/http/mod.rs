@@ -64,7 +64,10 @@ pub struct AppState {
 
 /// The router of the whole API.
 pub fn app(state: Arc<AppState>) -> Router {
-    let stream_routes = get(streams::read).head(streams::head).patch(streams::append).delete(streams::delete);
+    let stream_routes = get(streams::read)
+        .head(streams::head)
+        .patch(streams::append)
+        .delete(streams::delete);
     Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{*id}", stream_routes)
@@ -82,7 +85,11 @@ async fn fallback() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
 }
 
 /// Counts every answer by route, status and error code.
