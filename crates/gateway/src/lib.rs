@@ -3,5 +3,6 @@
 //! The binary (`main.rs`) is thin glue; everything it runs lives here so tests can call it.
 
 pub mod auth;
+pub mod client;
 pub mod store;
 pub mod stream_id;

@@ -1,0 +1,477 @@
+//! Minimal HTTP/1.1 plumbing over hyper: base URL, one connection with timeouts, request bodies,
+//! and turning error answers into [`Failure`]s.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{HeaderMap, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::Timeouts;
+use super::error::{ClientError, Failure, Transient};
+use crate::stream_id::StreamId;
+
+/// The server's address: `http://host[:port][/base]`. Parsed with [`FromStr`] so a CLI can
+/// validate it up front.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseUrl {
+    /// Host as given to the resolver (IPv6 without brackets).
+    host: String,
+    port: u16,
+    /// `host:port` as sent in the `Host` header (IPv6 with brackets).
+    authority: String,
+    /// Path prefix without a trailing slash ("" or "/gw").
+    base: String,
+}
+
+impl BaseUrl {
+    /// The request path of a stream: `{base}/v1/streams/{org}/{cluster}/{name}`.
+    pub fn stream_path(&self, stream: &StreamId) -> String {
+        // stream ids contain only [A-Za-z0-9._-/]: nothing to percent-encode
+        format!("{}/v1/streams/{}", self.base, stream)
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.base)
+    }
+}
+
+impl FromStr for BaseUrl {
+    type Err = ClientError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| ClientError::Url {
+            url: url.chars().take(200).collect(),
+            reason: reason.to_owned(),
+        };
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("https://") {
+            return Err(bad(
+                "https is not supported: terminate TLS in a proxy or sidecar and give its http:// address",
+            ));
+        }
+        let Some(rest) = lower
+            .starts_with("http://")
+            .then(|| &url["http://".len()..])
+        else {
+            return Err(bad("expected http://host[:port][/base]"));
+        };
+        if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
+            return Err(bad(
+                "query, fragment, user info and spaces are not allowed; expected http://host[:port][/base]",
+            ));
+        }
+        let (authority, base) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '[' in host"))?;
+            if host.is_empty() || !host.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+                return Err(bad("invalid IPv6 address"));
+            }
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        {
+            return Err(bad("missing or invalid host"));
+        }
+        let port = match port {
+            None => 80,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => return Err(bad("invalid port")),
+            },
+        };
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(BaseUrl {
+            host: host.to_owned(),
+            port,
+            authority,
+            base: base.to_owned(),
+        })
+    }
+}
+
+/// A request body: nothing, or frames handed over through a bounded channel.
+pub(crate) enum ReqBody {
+    Empty,
+    /// Frames fed by the push loop; the body ends when the sender is dropped.
+    Channel(mpsc::Receiver<Bytes>),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ReqBody::Empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Channel(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection. Dropping it closes the connection.
+pub(crate) struct Conn {
+    pub sender: SendRequest<ReqBody>,
+    /// Drives the connection; aborted on drop so no task outlives its `Conn`.
+    task: JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Conn {
+    pub(crate) async fn connect(url: &BaseUrl, timeouts: &Timeouts) -> Result<Conn, Failure> {
+        let what = || format!("connect to {}", url.authority);
+        let tcp = match tokio::time::timeout(
+            timeouts.connect,
+            TcpStream::connect((url.host.as_str(), url.port)),
+        )
+        .await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(err)) => return Err(Transient::caused(&what(), &err).into()),
+            Err(_) => return Err(Transient::new(format!("{}: timed out", what())).into()),
+        };
+        // small frames (log lines) should leave at once
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = match tokio::time::timeout(
+            timeouts.io,
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)),
+        )
+        .await
+        {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(err)) => return Err(Transient::caused(&what(), &err).into()),
+            Err(_) => return Err(Transient::new(format!("{}: handshake timed out", what())).into()),
+        };
+        let task = tokio::spawn(async move {
+            // the error, if any, also reaches the pending request, which reports it
+            let _ = conn.await;
+        });
+        Ok(Conn { sender, task })
+    }
+
+    /// Whether the connection can take another request (the server may have closed it).
+    pub(crate) async fn is_usable(&mut self) -> bool {
+        !self.sender.is_closed()
+            && matches!(
+                tokio::time::timeout(Duration::from_millis(0), self.sender.ready()).await,
+                Ok(Ok(()))
+            )
+    }
+
+    /// Sends a request without a body and waits (bounded) for the response headers.
+    pub(crate) async fn send_empty(
+        &mut self,
+        req: Request<ReqBody>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, Failure> {
+        match tokio::time::timeout(timeout, self.sender.send_request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(err)) => Err(Transient::caused("request failed", &err).into()),
+            Err(_) => Err(Transient::new("timed out waiting for the server's answer").into()),
+        }
+    }
+}
+
+/// What `HEAD` says about a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamState {
+    /// Committed bytes (0 for an unknown stream).
+    pub offset: u64,
+    pub sealed: bool,
+    /// false when the server answered 404.
+    pub exists: bool,
+}
+
+/// Requests about one stream over one (reused, re-opened when needed) connection.
+pub(crate) struct Session {
+    pub url: BaseUrl,
+    pub token: String,
+    pub stream: StreamId,
+    /// `{base}/v1/streams/{id}`, computed once.
+    pub path: String,
+    pub timeouts: Timeouts,
+    /// The idle keep-alive connection, if any; taken for a request, put back after success.
+    pub conn: Option<Conn>,
+}
+
+impl Session {
+    pub(crate) fn new(url: BaseUrl, token: String, stream: StreamId, timeouts: Timeouts) -> Self {
+        let path = url.stream_path(&stream);
+        Session {
+            url,
+            token,
+            stream,
+            path,
+            timeouts,
+            conn: None,
+        }
+    }
+
+    /// The idle connection if the server kept it open, else a new one.
+    pub(crate) async fn take_conn(&mut self) -> Result<Conn, Failure> {
+        if let Some(mut conn) = self.conn.take()
+            && conn.is_usable().await
+        {
+            return Ok(conn);
+        }
+        Conn::connect(&self.url, &self.timeouts).await
+    }
+
+    /// A request on this stream, `query` appended to its path ("" or "?offset=…").
+    pub(crate) fn request(
+        &self,
+        method: hyper::Method,
+        query: &str,
+    ) -> hyper::http::request::Builder {
+        request(
+            method,
+            &self.url,
+            &format!("{}{query}", self.path),
+            &self.token,
+        )
+    }
+
+    /// `HEAD`: the committed offset and whether the stream is sealed.
+    pub(crate) async fn head(&mut self) -> Result<StreamState, Failure> {
+        let mut conn = self.take_conn().await?;
+        let req = built(self.request(hyper::Method::HEAD, "").body(ReqBody::Empty))?;
+        let resp = conn.send_empty(req, self.timeouts.io).await?;
+        let state = match resp.status() {
+            StatusCode::OK => StreamState {
+                offset: header_u64(resp.headers(), "stream-offset")?.ok_or_else(|| {
+                    ClientError::Protocol("HEAD answered without Stream-Offset".into())
+                })?,
+                sealed: header_sealed(resp.headers()),
+                exists: true,
+            },
+            StatusCode::NOT_FOUND => StreamState {
+                offset: 0,
+                sealed: false,
+                exists: false,
+            },
+            _ => return Err(error_response(resp, &self.stream, self.timeouts.io).await),
+        };
+        // a HEAD answer has no body: the connection is ready for the next request
+        self.conn = Some(conn);
+        Ok(state)
+    }
+}
+
+/// A request builder with the headers every request carries.
+pub(crate) fn request(
+    method: hyper::Method,
+    url: &BaseUrl,
+    path_and_query: &str,
+    token: &str,
+) -> hyper::http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(header::HOST, &url.authority)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(
+            header::USER_AGENT,
+            concat!("engine-gateway/", env!("CARGO_PKG_VERSION")),
+        )
+}
+
+/// Turns a request-building failure (an invalid token character) into a usage error.
+pub(crate) fn built(
+    req: Result<Request<ReqBody>, hyper::http::Error>,
+) -> Result<Request<ReqBody>, Failure> {
+    req.map_err(|err| ClientError::Usage(format!("cannot build the request: {err}")).into())
+}
+
+/// Reads a numeric header such as `Stream-Offset`.
+pub(crate) fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ClientError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| ClientError::Protocol(format!("header {name} is not a number"))),
+    }
+}
+
+/// Reads `Stream-Sealed: true|false` (absent = false).
+pub(crate) fn header_sealed(headers: &HeaderMap) -> bool {
+    headers
+        .get("stream-sealed")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Classifies a response that is neither success nor a protocol-specific answer (409): 429 and
+/// 5xx are transient (honouring `Retry-After`), everything else fatal with the server's message.
+pub(crate) async fn error_response(
+    resp: Response<Incoming>,
+    stream: &StreamId,
+    timeout: Duration,
+) -> Failure {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let (code, message) = error_body(resp, timeout).await;
+    let message = message.unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_ascii_lowercase()
+    });
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Failure::Retry(Transient {
+            reason: format!("HTTP {}: {message}", status.as_u16()),
+            retry_after,
+        });
+    }
+    let status = status.as_u16();
+    Failure::Fatal(match status {
+        401 | 403 => ClientError::Auth {
+            status,
+            code,
+            message,
+        },
+        404 => ClientError::NotFound {
+            stream: stream.to_string(),
+        },
+        _ => ClientError::Rejected {
+            status,
+            code,
+            message,
+        },
+    })
+}
+
+/// Largest error body read, so a broken server cannot make the client buffer much.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The `error` code and `message` of a JSON error body, or its plain text as the message.
+async fn error_body(
+    resp: Response<Incoming>,
+    timeout: Duration,
+) -> (Option<String>, Option<String>) {
+    let body = Limited::new(resp.into_body(), MAX_ERROR_BODY);
+    let bytes = match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => return (None, None),
+    };
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&bytes) {
+        let field = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let (code, message) = (field("error"), field("message"));
+        if code.is_some() || message.is_some() {
+            let message = message.or_else(|| code.clone());
+            return (code, message);
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        (None, None)
+    } else {
+        (None, Some(text.chars().take(300).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expect: Result<(&str, &str), &str>) {
+        match (input.parse::<BaseUrl>(), expect) {
+            (Ok(url), Ok((display, path))) => {
+                assert_eq!(url.to_string(), display, "{input}");
+                let id: StreamId = "a/b/c".parse().unwrap();
+                assert_eq!(url.stream_path(&id), path, "{input}");
+            }
+            (Err(err), Err(fragment)) => {
+                assert!(err.to_string().contains(fragment), "{input}: {err}");
+                assert_eq!(err.exit_code(), 2);
+            }
+            (got, expect) => panic!("{input}: got {got:?}, expected {expect:?}"),
+        }
+    }
+
+    #[test]
+    fn urls() {
+        check(
+            "http://localhost:8080",
+            Ok(("http://localhost:8080", "/v1/streams/a/b/c")),
+        );
+        check(
+            "http://gw.example",
+            Ok(("http://gw.example:80", "/v1/streams/a/b/c")),
+        );
+        check(
+            "HTTP://h:1/base/",
+            Ok(("http://h:1/base", "/base/v1/streams/a/b/c")),
+        );
+        check(
+            "http://[::1]:9000/x",
+            Ok(("http://[::1]:9000/x", "/x/v1/streams/a/b/c")),
+        );
+        check("https://h:1", Err("https is not supported"));
+        check("ftp://h", Err("expected http://"));
+        check("localhost:8080", Err("expected http://"));
+        check("http://", Err("invalid host"));
+        check("http://h:99999", Err("invalid port"));
+        check("http://h:0", Err("invalid port"));
+        check("http://u:p@h:1", Err("user info"));
+        check("http://h:1/?q=1", Err("query"));
+        check("http://[::1:80", Err("unclosed"));
+    }
+}
