@@ -298,11 +298,55 @@ impl Session {
                 sealed: false,
                 exists: false,
             },
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                return Err(self.explain_refusal(status).await);
+            }
             _ => return Err(error_response(resp, &self.stream, self.timeouts.io).await),
         };
         // a HEAD answer has no body: the connection is ready for the next request
         self.conn = Some(conn);
         Ok(state)
+    }
+}
+
+impl Session {
+    /// A HEAD answer has no body, so a refused token gets no message from it; the same read as
+    /// a GET is refused the same way, with the server's JSON message.
+    async fn explain_refusal(&mut self, status: StatusCode) -> Failure {
+        let io = self.timeouts.io;
+        let fallback = || {
+            let code = status.as_u16();
+            Failure::Fatal(ClientError::Auth {
+                status: code,
+                code: None,
+                message: default_message(status),
+            })
+        };
+        let Ok(mut conn) = Conn::connect(&self.url, &self.timeouts).await else {
+            return fallback();
+        };
+        let Ok(req) = built(
+            self.request(hyper::Method::GET, "?offset=0")
+                .body(ReqBody::Empty),
+        ) else {
+            return fallback();
+        };
+        match conn.send_empty(req, io).await {
+            Ok(resp) if resp.status() == status => error_response(resp, &self.stream, io).await,
+            _ => fallback(),
+        }
+    }
+}
+
+/// A message for an error answer without a body.
+fn default_message(status: StatusCode) -> String {
+    match status {
+        StatusCode::UNAUTHORIZED => "the token was refused".to_owned(),
+        StatusCode::FORBIDDEN => "the token does not allow this stream".to_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_ascii_lowercase(),
     }
 }
 
@@ -367,12 +411,7 @@ pub(crate) async fn error_response(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     let (code, message) = error_body(resp, timeout).await;
-    let message = message.unwrap_or_else(|| {
-        status
-            .canonical_reason()
-            .unwrap_or("no message")
-            .to_ascii_lowercase()
-    });
+    let message = message.unwrap_or_else(|| default_message(status));
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
         return Failure::Retry(Transient {
             reason: format!("HTTP {}: {message}", status.as_u16()),
