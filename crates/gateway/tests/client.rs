@@ -1,6 +1,8 @@
 //! The `push` and `cat` client against an in-memory fake server on a real socket, with faults
 //! injected: dropped connections mid-body, 503/429 with Retry-After, 409s, auth failures.
 
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up
+
 #[path = "client/fake_server.rs"]
 mod fake_server;
 

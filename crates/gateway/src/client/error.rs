@@ -154,6 +154,7 @@ pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on what they set up
 mod tests {
     use super::*;
 

@@ -467,6 +467,7 @@ async fn error_body(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on what they set up
 mod tests {
     use super::*;
 

@@ -111,6 +111,7 @@ pub(crate) fn human(bytes: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on what they set up
 mod tests {
     use super::*;
 

@@ -139,6 +139,7 @@ impl Retrier {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on what they set up
 mod tests {
     use super::*;
 

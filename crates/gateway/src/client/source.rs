@@ -220,6 +220,7 @@ impl Source {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on what they set up
 mod tests {
     use super::*;
 
