@@ -14,6 +14,7 @@ mod progress;
 mod push;
 mod retry;
 mod source;
+mod url;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,9 +26,9 @@ use crate::stream_id::StreamId;
 
 pub use cat::cat;
 pub use error::ClientError;
-pub use http::BaseUrl;
 pub use push::push;
 pub use retry::RetryPolicy;
+pub use url::BaseUrl;
 
 /// Default size after which a PATCH request is ended and the next one started.
 pub const DEFAULT_REQUEST_BYTES: usize = 8 * 1024 * 1024;
