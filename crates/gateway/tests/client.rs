@@ -163,6 +163,27 @@ async fn pipe_push_skips_what_the_server_has_then_resumes_and_seals() {
 }
 
 #[tokio::test]
+async fn a_quiet_input_does_not_spend_the_retry_budget() {
+    let server = FakeServer::start().await;
+    let input = data(4_000, 11);
+    let (mut tx, rx) = tokio::net::unix::pipe::pipe().unwrap();
+    let first = input[..1_000].to_vec();
+    let rest = input[1_000..].to_vec();
+    tokio::spawn(async move {
+        tx.write_all(&first).await.unwrap();
+        // a log that stays quiet longer than the no-progress budget
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.write_all(&rest).await.unwrap();
+    });
+    server.fault(Method::PATCH, Fault::CloseMidBody(2_000));
+    let mut opts = push_opts(&server, Input::Reader(Box::new(rx)), 64 * 1024);
+    opts.retry.max_without_progress = Duration::from_millis(200);
+    let report = client::push(opts).await.unwrap();
+    assert_stored(&server, &input, false);
+    assert_eq!(report.retries, 1);
+}
+
+#[tokio::test]
 async fn seal_of_empty_input_creates_a_sealed_empty_stream() {
     let server = FakeServer::start().await;
     let mut opts = push_opts(&server, Input::Reader(Box::new(&b""[..])), 1024);

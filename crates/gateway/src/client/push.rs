@@ -105,8 +105,12 @@ impl Pusher {
             }
             let start = start_offset.unwrap_or(0);
             // wait for input before opening a request, so an idle input holds none open
-            if src.pending.is_empty() && !src.eof {
-                src.read_frame(self.request_bytes).await?;
+            if src.pending.is_empty()
+                && !src.eof
+                && src.read_frame(self.request_bytes).await?.is_some()
+            {
+                // time spent waiting for input is not time without progress
+                self.retry.progress();
             }
             let seal_now = seal && src.eof;
             if src.eof && src.pending.is_empty() && !seal_now && exists {
@@ -231,6 +235,7 @@ impl Pusher {
                 io,
                 sent: &mut self.sent,
                 progress: &mut self.progress,
+                retry: &mut self.retry,
                 committed: self.committed,
             };
             let feed = feeder.run(src);
@@ -281,6 +286,9 @@ struct Feeder<'a> {
     io: Duration,
     sent: &'a mut u64,
     progress: &'a mut Progress,
+    /// New input counts as progress: a slow input (a quiet log) must not spend the budget of
+    /// time without progress while the request waits for it.
+    retry: &'a mut Retrier,
     /// For the progress line.
     committed: u64,
 }
@@ -303,6 +311,7 @@ impl Feeder<'_> {
             let Some(frame) = src.read_frame(self.limit - src.pending.len()).await? else {
                 break;
             };
+            self.retry.progress();
             if !self.send(&tx, frame).await? {
                 return Ok(());
             }
