@@ -73,6 +73,16 @@ pub fn take_peak() -> Option<u64> {
     Some(clamp(previous.max(current)))
 }
 
+/// Highest value of [`allocated_bytes`] since the last [`take_peak`], without resetting it.
+pub fn peek_peak() -> Option<u64> {
+    installed().then(|| {
+        let peak = PEAK
+            .load(Ordering::Relaxed)
+            .max(CURRENT.load(Ordering::Relaxed));
+        clamp(peak)
+    })
+}
+
 /// Folds the calling thread's pending delta into the global counter. A thread that exits takes
 /// its unfolded delta (< `FOLD_THRESHOLD`) with it; call this when a thread stops (e.g. from
 /// tokio's `on_thread_stop`) so thread churn does not make the counter drift.

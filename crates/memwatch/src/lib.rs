@@ -16,7 +16,7 @@
 //! memwatch::malloc_conf!();
 //!
 //! fn main() {
-//!     assert_eq!(memwatch::profiling_enabled().ok(), Some(true));
+//!     // First thing, while the process has one thread.
 //! }
 //! ```
 //!
@@ -24,12 +24,19 @@
 //! does I/O; everything else in this crate may, and is meant for scrapes and startup.
 
 mod alloc;
+mod cgroup;
+mod snapshot;
 
 use std::path::PathBuf;
 
 pub use alloc::{
     Allocator, DEFAULT_MALLOC_CONF, FOLD_THRESHOLD, MallocConf, allocated_bytes, dump_heap_profile,
-    flush_thread, profiling_enabled, take_peak,
+    flush_thread, peek_peak, profiling_enabled, take_peak,
+};
+pub use cgroup::{CgroupMemory, CgroupVersion, cgroup_memory, cgroup_memory_at, memory_limit};
+pub use snapshot::{
+    CounterStats, JemallocStats, MemorySnapshot, ProcessMemory, jemalloc_stats, peek_snapshot,
+    process_memory, process_memory_at, snapshot, write_prometheus,
 };
 
 /// Errors of memwatch's fallible operations. Reading figures for a snapshot never fails as a

@@ -12,6 +12,9 @@ memwatch::malloc_conf!();
 
 const MIB: u64 = 1024 * 1024;
 
+/// Serialises the tests that reset the process-wide peak, which would steal each other's spikes.
+static PEAK_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn malloc_conf_symbol_enables_profiling() {
     // MALLOC_CONF would override the symbol; the test environment does not set it.
@@ -41,6 +44,7 @@ fn malloc_conf_env_var_overrides_the_symbol() {
 /// disturb each other's peaks. Tolerances cover other threads' small allocations.
 #[test]
 fn counter_tracks_allocations_and_peak_since_last_call() {
+    let _serial = PEAK_USERS.lock().unwrap();
     let before = memwatch::allocated_bytes().unwrap();
 
     let big = black_box(vec![1u8; 64 * MIB as usize]);
@@ -102,4 +106,52 @@ fn heap_profile_dump_writes_a_jemalloc_profile() {
         &text[..text.len().min(200)]
     );
     assert!(text.contains("MAPPED_LIBRARIES"));
+}
+
+#[test]
+fn snapshot_and_prometheus_text_carry_every_figure() {
+    let _serial = PEAK_USERS.lock().unwrap();
+    let s = memwatch::snapshot();
+    let j = s.jemalloc.unwrap();
+    assert!(j.allocated > 0 && j.active >= j.allocated && j.resident > 0 && j.mapped > 0);
+    let counter = s.counter.unwrap();
+    assert!(counter.peak_bytes >= counter.allocated_bytes);
+    let process = s.process.unwrap();
+    assert!(process.resident_bytes > 0);
+    assert!(process.peak_resident_bytes.unwrap() >= process.resident_bytes);
+
+    let mut out = String::new();
+    memwatch::write_prometheus(&s, &mut out);
+    for name in [
+        "memwatch_jemalloc_allocated_bytes",
+        "memwatch_jemalloc_resident_bytes",
+        "memwatch_allocated_bytes",
+        "memwatch_allocated_peak_bytes",
+        "memwatch_process_resident_bytes",
+        "memwatch_process_resident_peak_bytes",
+    ] {
+        assert!(
+            out.contains(&format!("# TYPE {name} gauge\n{name} ")),
+            "{name} in\n{out}"
+        );
+    }
+    if let Some(cgroup) = &s.cgroup {
+        let usage = cgroup.usage_bytes.unwrap();
+        assert!(
+            out.contains(&format!("memwatch_cgroup_usage_bytes {usage}\n")),
+            "{out}"
+        );
+        if cgroup.oom_kills.is_some() {
+            assert!(
+                out.contains("# TYPE memwatch_cgroup_oom_kills_total counter\n"),
+                "{out}"
+            );
+        }
+    }
+    // Every sample line is "name value" with an integer value.
+    for line in out.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.split_once(' ').unwrap();
+        assert!(name.starts_with("memwatch_"), "{line}");
+        value.parse::<u64>().unwrap();
+    }
 }
