@@ -17,6 +17,8 @@
 //!
 //! fn main() {
 //!     // First thing, while the process has one thread.
+//!     let policy = memwatch::apply_backtrace_policy();
+//!     // ... start logging, then: info!(%policy, "backtrace policy");
 //! }
 //! ```
 //!
@@ -24,7 +26,9 @@
 //! does I/O; everything else in this crate may, and is meant for scrapes and startup.
 
 mod alloc;
+mod backtrace;
 mod cgroup;
+mod elf;
 mod snapshot;
 
 use std::path::PathBuf;
@@ -33,7 +37,9 @@ pub use alloc::{
     Allocator, DEFAULT_MALLOC_CONF, FOLD_THRESHOLD, MallocConf, allocated_bytes, dump_heap_profile,
     flush_thread, peek_peak, profiling_enabled, take_peak,
 };
+pub use backtrace::{BacktracePolicy, PolicyAction, apply_backtrace_policy};
 pub use cgroup::{CgroupMemory, CgroupVersion, cgroup_memory, cgroup_memory_at, memory_limit};
+pub use elf::{DebugSection, SymbolizationCost, debug_sections};
 pub use snapshot::{
     CounterStats, JemallocStats, MemorySnapshot, ProcessMemory, jemalloc_stats, peek_snapshot,
     process_memory, process_memory_at, snapshot, write_prometheus,

@@ -12,8 +12,15 @@ memwatch::malloc_conf!();
 
 const MIB: u64 = 1024 * 1024;
 
-/// Serialises the tests that reset the process-wide peak, which would steal each other's spikes.
-static PEAK_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Serialises the tests that allocate megabytes or reset the process-wide peak: they would
+/// disturb each other's before/after figures.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 #[test]
 fn malloc_conf_symbol_enables_profiling() {
@@ -44,7 +51,7 @@ fn malloc_conf_env_var_overrides_the_symbol() {
 /// disturb each other's peaks. Tolerances cover other threads' small allocations.
 #[test]
 fn counter_tracks_allocations_and_peak_since_last_call() {
-    let _serial = PEAK_USERS.lock().unwrap();
+    let _serial = serial();
     let before = memwatch::allocated_bytes().unwrap();
 
     let big = black_box(vec![1u8; 64 * MIB as usize]);
@@ -80,6 +87,7 @@ fn counter_tracks_allocations_and_peak_since_last_call() {
 
 #[test]
 fn small_allocations_fold_and_thread_flush_settles_the_count() {
+    let _serial = serial();
     // Many allocations below the threshold on a short-lived thread, kept alive past its end.
     let kept = std::thread::spawn(|| {
         let kept: Vec<Box<[u8; 1000]>> = (0..100).map(|_| Box::new([7u8; 1000])).collect();
@@ -94,6 +102,7 @@ fn small_allocations_fold_and_thread_flush_settles_the_count() {
 
 #[test]
 fn heap_profile_dump_writes_a_jemalloc_profile() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("heap.prof");
     let keep = black_box(vec![3u8; 8 * MIB as usize]);
@@ -110,7 +119,7 @@ fn heap_profile_dump_writes_a_jemalloc_profile() {
 
 #[test]
 fn snapshot_and_prometheus_text_carry_every_figure() {
-    let _serial = PEAK_USERS.lock().unwrap();
+    let _serial = serial();
     let s = memwatch::snapshot();
     let j = s.jemalloc.unwrap();
     assert!(j.allocated > 0 && j.active >= j.allocated && j.resident > 0 && j.mapped > 0);
