@@ -11,14 +11,16 @@ use memwatch::PolicyAction;
 const CHILD: &str = "MEMWATCH_POLICY_CHILD";
 
 fn main() {
-    if std::env::var_os(CHILD).is_some() {
-        child();
-        return;
+    match std::env::var(CHILD).as_deref() {
+        Ok("measure") => return measure_child(),
+        Ok(_) => return child(),
+        Err(_) => {}
     }
     policy_disables_library_backtraces_when_unset();
     policy_keeps_an_explicit_setting();
     policy_refuses_once_threads_exist();
-    println!("backtrace_policy: 3 cases passed");
+    estimate_matches_a_measured_symbolization();
+    println!("backtrace_policy: 4 cases passed");
 }
 
 /// Applies the policy, then reports what std itself now does.
@@ -96,4 +98,56 @@ fn policy_refuses_once_threads_exist() {
     } else {
         assert_eq!(policy.action, PolicyAction::KeptExplicit);
     }
+}
+
+/// Captures and prints one backtrace the way the incident did, reporting the resident growth.
+fn measure_child() {
+    let rss = || memwatch::process_memory().unwrap().resident_bytes;
+    let before = rss();
+    let heap = || {
+        tikv_jemalloc_ctl::epoch::advance().unwrap();
+        tikv_jemalloc_ctl::stats::allocated::read().unwrap() as u64
+    };
+    let heap_before = heap();
+    let started = std::time::Instant::now();
+    let text = format!("{:?}", Backtrace::force_capture());
+    let elapsed = started.elapsed();
+    let grown = rss().saturating_sub(before);
+    let heap_grown = heap().saturating_sub(heap_before);
+    let estimate = memwatch::SymbolizationCost::of_current_exe()
+        .unwrap()
+        .estimated_bytes;
+    assert!(text.contains("measure_child"), "{text}");
+    let ms = elapsed.as_millis();
+    println!("grown={grown} estimate={estimate} heap_kept={heap_grown} ms={ms}");
+}
+
+fn estimate_matches_a_measured_symbolization() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, "measure")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |key: &str| -> u64 {
+        let start = stdout.find(key).unwrap() + key.len();
+        stdout[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (grown, estimate) = (field("grown="), field("estimate="));
+    println!("symbolization: {}", stdout.trim());
+    // The rule was calibrated on such a binary; allow a factor of two either way. Without
+    // debug info (a release test build) there is nothing to compare.
+    if estimate < 1 << 20 {
+        return;
+    }
+    assert!(grown >= estimate / 2 && grown <= estimate * 2, "{stdout}");
 }
