@@ -5,12 +5,15 @@ use std::process::ExitCode;
 use std::path::Path;
 
 use anyhow::Context;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
-use crate::cli::{CatArgs, PushArgs, ServeArgs, TokenCommand};
+use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand};
+use crate::client::{self, BaseUrl, CatOptions, ClientError, Input, PushOptions};
 use crate::config::{Config, Overrides};
+use crate::stream_id::StreamId;
 
 /// `engine-gateway serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -135,10 +138,52 @@ fn describe(r: &TokenRecord) -> String {
     text
 }
 
-pub async fn push(_args: PushArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("pending")
+/// `engine-gateway push`: resumable upload of a file or stdin.
+pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let (url, stream) = target(&args.client)?;
+    let input = if args.input.as_os_str() == "-" {
+        Input::Stdin
+    } else {
+        Input::File(args.input)
+    };
+    let mut options = PushOptions::new(url, args.client.token, stream, input);
+    options.seal = args.seal;
+    options.request_bytes = args.request_bytes;
+    options.progress = true;
+    Ok(match client::push(options).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => client_failure(&err),
+    })
 }
 
-pub async fn cat(_args: CatArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("pending")
+/// `engine-gateway cat`: a stream to stdout, following it when asked.
+pub async fn cat(args: CatArgs) -> anyhow::Result<ExitCode> {
+    let (url, stream) = target(&args.client)?;
+    let mut options = CatOptions::new(url, args.client.token, stream);
+    options.offset = args.offset;
+    options.follow = args.follow;
+    let mut stdout = tokio::io::stdout();
+    let result = client::cat(options, &mut stdout).await;
+    let _ = stdout.flush().await;
+    Ok(match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => client_failure(&err),
+    })
+}
+
+fn target(args: &ClientArgs) -> anyhow::Result<(BaseUrl, StreamId)> {
+    let url: BaseUrl = args
+        .url
+        .parse()
+        .with_context(|| format!("--url {:?}", args.url))?;
+    let stream: StreamId = args
+        .stream
+        .parse()
+        .with_context(|| format!("--stream {:?}", args.stream))?;
+    Ok((url, stream))
+}
+
+fn client_failure(err: &ClientError) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(1))
 }

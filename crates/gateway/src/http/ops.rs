@@ -45,6 +45,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.budget.in_use(),
     );
     state.store.write_metrics(&mut out);
+    // Reading the snapshot resets the allocator's peak: each scrape sees the peak since the last.
+    if let Ok(snapshot) = tokio::task::spawn_blocking(memwatch::snapshot).await {
+        memwatch::write_prometheus(&snapshot, &mut out);
+    }
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
