@@ -24,10 +24,10 @@ fn wait_for_offset(
 ) -> u64 {
     let started = Instant::now();
     loop {
-        if let (200, Some(offset)) = gw.offset(token, stream) {
-            if offset >= at_least {
-                return offset;
-            }
+        if let (200, Some(offset)) = gw.offset(token, stream)
+            && offset >= at_least
+        {
+            return offset;
         }
         assert!(
             started.elapsed() < deadline,

@@ -23,8 +23,11 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(5);
 /// byte budget, so slow readers cannot make the gateway hold more than the budget allows.
 pub struct ReadBody {
     reader: Option<Reader>,
-    pending: Option<Pin<Box<dyn Future<Output = (Reader, Option<io::Result<Bytes>>)> + Send>>>,
+    pending: Option<NextChunk>,
 }
+
+/// The reader's `next` in progress: gives the reader back with the chunk (or the end).
+type NextChunk = Pin<Box<dyn Future<Output = (Reader, Option<io::Result<Bytes>>)> + Send>>;
 
 struct Reader {
     state: Arc<AppState>,

@@ -1,5 +1,6 @@
 //! Test harness: the real `engine-gateway` binary in a temp dir, and a raw HTTP/1.1 client.
 #![allow(dead_code)] // each test binary uses a different part of this module
+#![allow(clippy::unwrap_used)] // test support: a failure here is a test failure
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -83,13 +84,13 @@ impl Gateway {
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(response) = request_raw(
-                self.addr,
-                b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-            ) {
-                if response.status == 200 {
-                    return;
-                }
+            let probe = b"GET /readyz HTTP/1.1
+host: x
+connection: close
+
+";
+            if request_raw(self.addr, probe).is_ok_and(|r| r.status == 200) {
+                return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("gateway exited with {status} at start:\n{}", self.log());
