@@ -44,16 +44,11 @@ impl Default for ServerLimits {
 const TOO_MANY_CONNECTIONS_BODY: &str = r#"{"error":"too_many_connections","message":"the gateway serves as many connections as it may; retry later"}"#;
 
 fn too_many_connections() -> String {
+    let body = TOO_MANY_CONNECTIONS_BODY;
     format!(
-        "HTTP/1.1 503 Service Unavailable
-content-type: application/json
-retry-after: 1
-\
-         connection: close
-content-length: {}
-
-{TOO_MANY_CONNECTIONS_BODY}",
-        TOO_MANY_CONNECTIONS_BODY.len()
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     )
 }
 
