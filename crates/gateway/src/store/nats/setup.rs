@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self, ErrorCode, kv};
+use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{ConnectOptions, Event, ServerAddr};
 
 use super::codec::Subjects;
@@ -232,12 +232,20 @@ async fn ensure_bucket(js: &jetstream::Context, config: &NatsConfig) -> Result<(
                 if js_err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
             {
                 tracing::info!(bucket = %config.bucket, "creating jetstream key-value bucket");
-                js.create_key_value(kv::Config {
-                    bucket: config.bucket.clone(),
-                    description: "engine-gateway tokens".into(),
-                    history: 1,
+                // The backing stream of a key-value bucket, as the KV convention lays it
+                // out (created directly: works with JetStream servers from 2.9 on).
+                js.create_stream(stream::Config {
+                    name: backing.clone(),
+                    description: Some("engine-gateway tokens".into()),
+                    subjects: vec![format!("$KV.{}.>", config.bucket)],
+                    max_messages_per_subject: 1,
+                    discard: DiscardPolicy::New,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
                     storage: StorageType::File,
                     num_replicas: config.replicas,
+                    duplicate_window: DUPLICATE_WINDOW,
                     ..Default::default()
                 })
                 .await
