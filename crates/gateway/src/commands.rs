@@ -1,0 +1,189 @@
+//! What each subcommand does, from raw flags to an exit code.
+
+use std::process::ExitCode;
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
+use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand};
+use crate::client::{self, BaseUrl, CatOptions, ClientError, Input, PushOptions};
+use crate::config::{Config, Overrides};
+use crate::stream_id::StreamId;
+
+/// `engine-gateway serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        config: args.config,
+        max_connections: args.max_connections,
+        inflight_bytes: args.inflight_bytes,
+    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: no new connections, finishing requests in flight");
+        let _ = stop.send(true);
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    crate::gateway::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or SIGINT, whichever comes first.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGTERM, only SIGINT stops the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `engine-gateway token create|list|revoke`: works on the data directory directly, also while
+/// the gateway runs (it sees changes on the next request).
+pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create(args) => {
+            let role: Role = args.role.parse().map_err(anyhow::Error::msg)?;
+            let ttl = args
+                .ttl
+                .as_deref()
+                .map(parse_ttl)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let store = open_tokens(&args.data_dir.data_dir).await?;
+            let new = NewToken {
+                org: args.org,
+                cluster: args.cluster,
+                role,
+                ttl,
+            };
+            let (record, secret) = store.create(new).await.context("creating the token")?;
+            eprintln!("created token {} ({})", record.id, describe(&record));
+            println!("{}", secret.expose());
+        }
+        TokenCommand::List(args) => {
+            let store = open_tokens(&args.data_dir).await?;
+            let records = store.list().await.context("listing tokens")?;
+            println!(
+                "{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  STATE",
+                "ID", "ROLE", "ORG", "CLUSTER", "CREATED", "EXPIRES"
+            );
+            let now = crate::store::unix_now();
+            for r in records {
+                let state = match (r.revoked, r.is_expired_at(now)) {
+                    (Some(_), _) => "revoked",
+                    (None, true) => "expired",
+                    (None, false) => "active",
+                };
+                println!(
+                    "{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  {state}",
+                    r.id,
+                    r.role.to_string(),
+                    r.org.as_deref().unwrap_or("*"),
+                    r.cluster.as_deref().unwrap_or("*"),
+                    r.created,
+                    r.expires
+                        .map_or_else(|| "never".to_string(), |e| e.to_string()),
+                );
+            }
+        }
+        TokenCommand::Revoke(args) => {
+            let store = open_tokens(&args.data_dir.data_dir).await?;
+            let record = store
+                .revoke(&args.id)
+                .await
+                .with_context(|| format!("revoking token {}", args.id))?;
+            eprintln!("revoked token {} ({})", record.id, describe(&record));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_tokens(data_dir: &Path) -> anyhow::Result<FileTokenStore> {
+    FileTokenStore::open(data_dir)
+        .await
+        .with_context(|| format!("opening tokens in {}", data_dir.display()))
+}
+
+fn describe(r: &TokenRecord) -> String {
+    let mut text = r.role.to_string();
+    if let Some(org) = &r.org {
+        text.push_str(&format!(", org {org}"));
+    }
+    if let Some(cluster) = &r.cluster {
+        text.push_str(&format!(", cluster {cluster}"));
+    }
+    if let Some(expires) = r.expires {
+        text.push_str(&format!(", expires at {expires} (unix)"));
+    }
+    text
+}
+
+/// `engine-gateway push`: resumable upload of a file or stdin.
+pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let (url, stream) = target(&args.client)?;
+    let input = if args.input.as_os_str() == "-" {
+        Input::Stdin
+    } else {
+        Input::File(args.input)
+    };
+    let mut options = PushOptions::new(url, args.client.token, stream, input);
+    options.seal = args.seal;
+    options.request_bytes = args.request_bytes;
+    options.progress = true;
+    Ok(match client::push(options).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => client_failure(&err),
+    })
+}
+
+/// `engine-gateway cat`: a stream to stdout, following it when asked.
+pub async fn cat(args: CatArgs) -> anyhow::Result<ExitCode> {
+    let (url, stream) = target(&args.client)?;
+    let mut options = CatOptions::new(url, args.client.token, stream);
+    options.offset = args.offset;
+    options.follow = args.follow;
+    let mut stdout = tokio::io::stdout();
+    let result = client::cat(options, &mut stdout).await;
+    let _ = stdout.flush().await;
+    Ok(match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => client_failure(&err),
+    })
+}
+
+fn target(args: &ClientArgs) -> anyhow::Result<(BaseUrl, StreamId)> {
+    let url: BaseUrl = args
+        .url
+        .parse()
+        .with_context(|| format!("--url {:?}", args.url))?;
+    let stream: StreamId = args
+        .stream
+        .parse()
+        .with_context(|| format!("--stream {:?}", args.stream))?;
+    Ok((url, stream))
+}
+
+fn client_failure(err: &ClientError) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(1))
+}
