@@ -33,6 +33,16 @@ async fn read_all(store: &dyn Store, id: &StreamId) -> Vec<u8> {
 }
 
 #[tokio::test]
+async fn shared_suite() {
+    let Some(server) = NatsServer::start() else { return };
+    let s = store(&server).await;
+    engine_gateway::store::testsuite::run_all(&s).await;
+    // Twice on the same JetStream stream, as a second gateway replica would see it.
+    let other = store(&server).await;
+    engine_gateway::store::testsuite::run_all(&other).await;
+}
+
+#[tokio::test]
 async fn semantics_and_layout() {
     let Some(server) = NatsServer::start() else { return };
     let s = store(&server).await;

@@ -5,7 +5,8 @@
 //! the tail; a per-stream cursor (the last message read) answers sequential readers with one
 //! request; anything else is a binary search over sequences with "next message on subject at or
 //! after sequence s" requests: O(log Δ) requests, Δ being the span of stream-wide sequences
-//! the gateway stream covers. Each read returns bytes of one message (at most 512 KiB).
+//! the gateway stream covers. A read then gathers following messages (one request each) up to
+//! its `max`, at most 16 messages and 1 MiB.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -20,6 +21,10 @@ use super::state::Tip;
 use crate::store::{ErrorKind, ReadChunk, StoreError, StreamInfo};
 use crate::stream_id::StreamId;
 
+/// Most messages one read gathers (one request each).
+const MAX_MESSAGES_PER_READ: usize = 16;
+/// Most bytes one read gathers across messages.
+const MAX_GATHER_BYTES: usize = 1 << 20;
 /// Most read cursors kept; beyond this an arbitrary one is evicted.
 pub const CURSOR_CACHE_CAPACITY: usize = 10_000;
 
@@ -99,6 +104,39 @@ impl Inner {
         let start = usize::try_from(offset - meta.offset)
             .map_err(|_| StoreError::internal("message offset out of range"))?;
         let end = (start.saturating_add(max)).min(msg.payload.len());
+        let first = msg.payload.slice(start..end);
+        if first.len() == max || meta.end() >= committed {
+            self.remember(id, &meta);
+            return Ok(chunk(first));
+        }
+        // Gather following messages up to `max` bytes (bounded by the caller's `max`, and by
+        // MAX_MESSAGES_PER_READ requests).
+        let mut out = bytes::BytesMut::with_capacity(max.min(MAX_GATHER_BYTES));
+        out.extend_from_slice(&first);
+        let mut last_meta = meta;
+        for _ in 1..MAX_MESSAGES_PER_READ {
+            if out.len() >= max || out.len() >= MAX_GATHER_BYTES || last_meta.end() >= committed {
+                break;
+            }
+            let Some(next) = self.next_message(id, last_meta.seq + 1).await? else {
+                break;
+            };
+            let next_meta = Meta::parse(&next)?;
+            if next_meta.tombstone || next_meta.offset != last_meta.end() {
+                break;
+            }
+            let take = (max - out.len()).min(next.payload.len());
+            out.extend_from_slice(&next.payload[..take]);
+            last_meta = next_meta;
+            if take < next.payload.len() {
+                break;
+            }
+        }
+        self.remember(id, &last_meta);
+        Ok(chunk(out.freeze()))
+    }
+
+    fn remember(&self, id: &StreamId, meta: &Meta) {
         self.cursors.put(
             id,
             Cursor {
@@ -107,7 +145,6 @@ impl Inner {
                 end: meta.end(),
             },
         );
-        Ok(chunk(msg.payload.slice(start..end)))
     }
 
     /// The message holding byte `target`, which is below the last message's offset.
