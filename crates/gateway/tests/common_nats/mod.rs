@@ -86,7 +86,14 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -116,7 +123,10 @@ pub fn free_port() -> u16 {
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not listen on {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -37,7 +37,9 @@ enum Plan {
 enum Failure {
     /// The server refused a message for a wrong expected sequence (or a foreign duplicate);
     /// `first` when nothing of this append was stored.
-    Refused { first: bool },
+    Refused {
+        first: bool,
+    },
     Error(StoreError),
 }
 
@@ -81,7 +83,10 @@ impl Inner {
                 // Re-creating a deleted stream: make sure no old bytes precede the tombstone.
                 self.purge_before(id, seq).await?;
             }
-            match self.publish_all(id, offset, &data, seal, prev, created).await {
+            match self
+                .publish_all(id, offset, &data, seal, prev, created)
+                .await
+            {
                 Ok(appended) => return Ok(appended),
                 Err(Failure::Refused { first: true }) => {}
                 Err(Failure::Refused { first: false }) => {
@@ -122,7 +127,10 @@ impl Inner {
             let seq = match self.publish(&subject, headers.clone(), piece.clone()).await {
                 Ok(ack) if ack.duplicate => {
                     self.metrics.dedups.fetch_add(1, Ordering::Relaxed);
-                    if !self.is_ours(ack.sequence, &subject, &headers, &piece).await? {
+                    if !self
+                        .is_ours(ack.sequence, &subject, &headers, &piece)
+                        .await?
+                    {
                         return Err(Failure::Refused { first: pos == 0 });
                     }
                     ack.sequence

@@ -182,7 +182,10 @@ pub fn data_headers(id: &StreamId, offset: u64, prev: u64, created: u64, seal: b
     if seal {
         headers.insert(HDR_SEAL, "true");
     }
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id(id, offset, prev).as_str());
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        msg_id(id, offset, prev).as_str(),
+    );
     headers.insert(
         async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
         prev.to_string().as_str(),
@@ -218,7 +221,10 @@ mod tests {
 
     #[test]
     fn subjects_round_trip() {
-        check("acme/prod-eu/deploy.log", "egw.data.acme.prod-eu.deploy=log");
+        check(
+            "acme/prod-eu/deploy.log",
+            "egw.data.acme.prod-eu.deploy=log",
+        );
         check("a_b/c.d.e/..", "egw.data.a_b.c=d=e.==");
         check("A-1/_/x", "egw.data.A-1._.x");
         let subjects = Subjects::new("egw");

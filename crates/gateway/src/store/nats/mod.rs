@@ -271,10 +271,26 @@ impl Store for NatsStore {
             async_nats::connection::State::Connected
         );
         for (name, help, value) in [
-            ("publishes", "messages acknowledged by JetStream", &m.publishes),
-            ("conflicts", "appends refused for a wrong offset or a seal", &m.conflicts),
-            ("dedups", "publishes JetStream recognised as duplicates", &m.dedups),
-            ("errors", "nats requests that failed or timed out", &m.errors),
+            (
+                "publishes",
+                "messages acknowledged by JetStream",
+                &m.publishes,
+            ),
+            (
+                "conflicts",
+                "appends refused for a wrong offset or a seal",
+                &m.conflicts,
+            ),
+            (
+                "dedups",
+                "publishes JetStream recognised as duplicates",
+                &m.dedups,
+            ),
+            (
+                "errors",
+                "nats requests that failed or timed out",
+                &m.errors,
+            ),
         ] {
             let _ = writeln!(out, "# HELP engine_gateway_store_nats_{name}_total {help}");
             let _ = writeln!(out, "# TYPE engine_gateway_store_nats_{name}_total counter");
@@ -284,8 +300,15 @@ impl Store for NatsStore {
                 value.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(out, "# HELP engine_gateway_store_nats_connected whether the nats connection is up");
+        let _ = writeln!(
+            out,
+            "# HELP engine_gateway_store_nats_connected whether the nats connection is up"
+        );
         let _ = writeln!(out, "# TYPE engine_gateway_store_nats_connected gauge");
-        let _ = writeln!(out, "engine_gateway_store_nats_connected {}", u8::from(connected));
+        let _ = writeln!(
+            out,
+            "engine_gateway_store_nats_connected {}",
+            u8::from(connected)
+        );
     }
 }

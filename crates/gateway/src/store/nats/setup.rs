@@ -57,19 +57,20 @@ pub(super) async fn connect(
 }
 
 async fn options(config: &NatsConfig) -> Result<ConnectOptions, StoreError> {
-    let mut options = match &config.credentials {
-        Credentials::None => ConnectOptions::new(),
-        Credentials::Token(token) => ConnectOptions::with_token(token.clone()),
-        Credentials::UserPassword { user, password } => {
-            ConnectOptions::with_user_and_password(user.clone(), password.clone())
-        }
-        Credentials::NkeySeed(seed) => ConnectOptions::with_nkey(seed.clone()),
-        Credentials::CredsFile(path) => ConnectOptions::with_credentials_file(path)
-            .await
-            .map_err(|err| {
-                StoreError::internal(format!("nats credentials file {}: {err}", path.display()))
-            })?,
-    };
+    let mut options =
+        match &config.credentials {
+            Credentials::None => ConnectOptions::new(),
+            Credentials::Token(token) => ConnectOptions::with_token(token.clone()),
+            Credentials::UserPassword { user, password } => {
+                ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            Credentials::NkeySeed(seed) => ConnectOptions::with_nkey(seed.clone()),
+            Credentials::CredsFile(path) => ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|err| {
+                    StoreError::internal(format!("nats credentials file {}: {err}", path.display()))
+                })?,
+        };
     if let Some(ca) = &config.tls.ca_file {
         options = options.add_root_certificates(ca.clone());
     }
@@ -136,10 +137,7 @@ async fn ensure_stream(
             {
                 tracing::info!(stream = %config.stream, replicas = config.replicas, "creating jetstream stream");
                 js.create_stream(wanted).await.map_err(|err| {
-                    StoreError::unavailable(format!(
-                        "nats: create stream {}: {err}",
-                        config.stream
-                    ))
+                    StoreError::unavailable(format!("nats: create stream {}: {err}", config.stream))
                 })
             }
             _ => Err(StoreError::unavailable(format!(
