@@ -473,3 +473,43 @@ async fn an_unreachable_server_is_unavailable_at_connect() {
     let two = engine_gateway::store::nats::NatsConfig::from_url("nats://a:1, nats://b:2").unwrap();
     assert_eq!(two.urls, ["nats://a:1", "nats://b:2"]);
 }
+
+#[tokio::test]
+async fn a_token_created_on_one_replica_works_on_another() {
+    use engine_gateway::auth::{NewToken, Role, TokenStore};
+    use engine_gateway::store::nats::tokens::NatsTokenStore;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (store(&server).await, store(&server).await);
+    let bucket = server.config().bucket;
+    let ta = NatsTokenStore::open(&a, &bucket).await.unwrap();
+    let tb = NatsTokenStore::open(&b, &bucket).await.unwrap();
+    assert!(tb.is_empty().await.unwrap());
+    let new = NewToken {
+        org: Some("acme".into()),
+        cluster: None,
+        role: Role::Reader,
+        ttl: None,
+    };
+    let (record, secret) = ta.create(new).await.unwrap();
+    let seen = tb.get(&record.id).await.unwrap().unwrap();
+    // `egw_<16 hex id>_<secret>`; the secret itself may contain '_'.
+    let secret_part = &secret.expose()[engine_gateway::auth::TOKEN_PREFIX.len() + 17..];
+    assert!(seen.secret_matches(secret_part));
+    assert_eq!(
+        (seen.role, seen.org.as_deref()),
+        (Role::Reader, Some("acme"))
+    );
+    assert!(!ta.is_empty().await.unwrap());
+    let revoked = tb.revoke(&record.id).await.unwrap();
+    let again = ta.revoke(&record.id).await.unwrap();
+    assert_eq!(
+        again.revoked, revoked.revoked,
+        "the first revocation time is kept"
+    );
+    assert!(ta.get(&record.id).await.unwrap().unwrap().revoked.is_some());
+    assert_eq!(ta.list().await.unwrap().len(), 1);
+    assert!(ta.get("0123456789abcdef").await.unwrap().is_none());
+    assert!(ta.get("not-an-id").await.unwrap().is_none());
+}

@@ -16,6 +16,7 @@ pub mod codec;
 mod read;
 mod setup;
 mod state;
+pub mod tokens;
 
 use std::fmt;
 use std::path::PathBuf;
