@@ -99,7 +99,10 @@ impl GatewayChild {
             bail!("the gateway was stopped");
         };
         if let Some(status) = child.try_wait()? {
-            bail!("the gateway exited ({status}); its stderr ends with:\n{}", tail_text(&self.stderr_tail));
+            bail!(
+                "the gateway exited ({status}); its stderr ends with:\n{}",
+                tail_text(&self.stderr_tail)
+            );
         }
         Ok(())
     }
@@ -150,7 +153,10 @@ impl Starting {
                 );
             }
             if target.is_none() {
-                target = read_token(&token_file).await?.map(|t| Target::new(addr, &t)).transpose()?;
+                target = read_token(&token_file)
+                    .await?
+                    .map(|t| Target::new(addr, &t))
+                    .transpose()?;
             }
             if let Some(target) = &target {
                 match probe(target, Method::GET, "/readyz", Duration::from_secs(1)).await {

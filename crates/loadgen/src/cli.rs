@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::machine::utc_timestamp;
 
 #[derive(Debug, Parser)]
-#[command(name = "gateway-bench", version, about = "benchmarks for engine-gateway, over HTTP on loopback")]
+#[command(
+    name = "gateway-bench",
+    version,
+    about = "benchmarks for engine-gateway, over HTTP on loopback"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -101,20 +105,31 @@ const MAX_CHUNK: u64 = 64 * 1024 * 1024;
 impl IngestArgs {
     pub fn into_config(self) -> anyhow::Result<IngestConfig> {
         let smoke = self.smoke;
-        let streams = self.streams.unwrap_or_else(|| if smoke { vec![1, 4] } else { vec![1, 64, 256] });
+        let streams = self
+            .streams
+            .unwrap_or_else(|| if smoke { vec![1, 4] } else { vec![1, 64, 256] });
         ensure!(!streams.is_empty(), "--streams needs at least one value");
         for &n in &streams {
-            ensure!((1..=MAX_STREAMS).contains(&n), "--streams {n}: must be 1..={MAX_STREAMS}");
+            ensure!(
+                (1..=MAX_STREAMS).contains(&n),
+                "--streams {n}: must be 1..={MAX_STREAMS}"
+            );
         }
         let chunk = self.chunk.unwrap_or(64 * 1024);
-        ensure!((1..=MAX_CHUNK).contains(&chunk), "--chunk {chunk}: must be 1 B..=64 MiB");
+        ensure!(
+            (1..=MAX_CHUNK).contains(&chunk),
+            "--chunk {chunk}: must be 1 B..=64 MiB"
+        );
         let default_duration = Duration::from_secs(if smoke { 1 } else { 10 });
         let duration = self.duration.unwrap_or(default_duration);
         ensure!(
             (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&duration),
             "--duration must be between 100ms and 1h"
         );
-        ensure!(!self.rss_interval.is_zero(), "--rss-interval must be positive");
+        ensure!(
+            !self.rss_interval.is_zero(),
+            "--rss-interval must be positive"
+        );
         let run_id = utc_timestamp(SystemTime::now()).1;
         let data_dir = match self.data_dir {
             Some(dir) => dir,
@@ -150,9 +165,13 @@ impl IngestArgs {
 /// Parses a byte size: `65536`, `64K`, `64KiB`, `64kb`, `1M`, `1MiB` (all binary units).
 pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let number: u64 = digits.parse().with_context(|| format!("{text:?} is not a size"))?;
+    let number: u64 = digits
+        .parse()
+        .with_context(|| format!("{text:?} is not a size"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -160,7 +179,9 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
         "g" | "gb" | "gib" => 1 << 30,
         other => bail!("unknown size unit {other:?} (use B, KiB, MiB or GiB)"),
     };
-    number.checked_mul(factor).with_context(|| format!("{text:?} is too large"))
+    number
+        .checked_mul(factor)
+        .with_context(|| format!("{text:?} is too large"))
 }
 
 /// Parses a duration: `10s`, `1.5s`, `500ms`, `2m`, or a plain number of seconds.
@@ -170,7 +191,9 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().with_context(|| format!("{text:?} is not a duration"))?;
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration"))?;
     let secs = match unit.trim() {
         "" | "s" => number,
         "ms" => number / 1000.0,
@@ -186,7 +209,13 @@ mod tests {
 
     #[test]
     fn sizes() {
-        for (text, want) in [("65536", 65536), ("64KiB", 65536), ("64k", 65536), ("1MiB", 1 << 20), ("2 MB", 2 << 20)] {
+        for (text, want) in [
+            ("65536", 65536),
+            ("64KiB", 65536),
+            ("64k", 65536),
+            ("1MiB", 1 << 20),
+            ("2 MB", 2 << 20),
+        ] {
             assert_eq!(parse_size(text).ok(), Some(want), "{text}");
         }
         for bad in ["", "KiB", "12 parsecs", "-1"] {
@@ -196,8 +225,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (text, ms) in [("10s", 10_000), ("1.5s", 1_500), ("500ms", 500), ("2m", 120_000), ("3", 3_000)] {
-            assert_eq!(parse_duration(text).ok(), Some(Duration::from_millis(ms)), "{text}");
+        for (text, ms) in [
+            ("10s", 10_000),
+            ("1.5s", 1_500),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("3", 3_000),
+        ] {
+            assert_eq!(
+                parse_duration(text).ok(),
+                Some(Duration::from_millis(ms)),
+                "{text}"
+            );
         }
         for bad in ["", "s", "10h", "1..2s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
@@ -216,12 +255,23 @@ mod tests {
         assert_eq!(normal.streams, vec![1, 64, 256]);
         assert_eq!(normal.duration, Duration::from_secs(10));
         assert_eq!(normal.chunk_bytes, 65536);
-        assert!(normal.out.to_string_lossy().starts_with("bench/results/ingest-"));
+        assert!(
+            normal
+                .out
+                .to_string_lossy()
+                .starts_with("bench/results/ingest-")
+        );
         let smoke = parse(&["--smoke"]).unwrap_or_else(|err| panic!("{err:#}"));
-        assert_eq!((smoke.streams, smoke.duration), (vec![1, 4], Duration::from_secs(1)));
+        assert_eq!(
+            (smoke.streams, smoke.duration),
+            (vec![1, 4], Duration::from_secs(1))
+        );
         let explicit = parse(&["--smoke", "--streams", "2,3", "--duration", "300ms"])
             .unwrap_or_else(|err| panic!("{err:#}"));
-        assert_eq!((explicit.streams, explicit.duration), (vec![2, 3], Duration::from_millis(300)));
+        assert_eq!(
+            (explicit.streams, explicit.duration),
+            (vec![2, 3], Duration::from_millis(300))
+        );
         assert!(parse(&["--streams", "0"]).is_err());
         assert!(parse(&["--duration", "10ms"]).is_err());
     }

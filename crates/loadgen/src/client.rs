@@ -125,7 +125,12 @@ impl std::fmt::Display for ErrorCounts {
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
-        self.conflict + self.overloaded + self.rejected + self.server + self.transport + self.protocol
+        self.conflict
+            + self.overloaded
+            + self.rejected
+            + self.server
+            + self.transport
+            + self.protocol
     }
 
     fn merge(&mut self, other: &ErrorCounts) {
@@ -152,7 +157,9 @@ pub async fn run_load(target: &Target, spec: &LoadSpec) -> anyhow::Result<LoadOu
         let path = format!("{}/s{i}", spec.path_prefix);
         let stream = StreamTask {
             target: target.clone(),
-            uri: path.parse().with_context(|| format!("stream path {path:?}"))?,
+            uri: path
+                .parse()
+                .with_context(|| format!("stream path {path:?}"))?,
             chunk: spec.chunk.clone(),
             duration: spec.duration,
             request_timeout: spec.request_timeout,
@@ -194,7 +201,9 @@ pub async fn probe(
     timeout: Duration,
 ) -> anyhow::Result<(StatusCode, HeaderMap)> {
     let attempt = async {
-        let uri: Uri = path.parse().with_context(|| format!("request path {path:?}"))?;
+        let uri: Uri = path
+            .parse()
+            .with_context(|| format!("request path {path:?}"))?;
         let mut conn = Conn::connect(target.addr).await?;
         conn.send(target.request(method, &uri, Bytes::new())).await
     };
@@ -250,7 +259,10 @@ impl Conn {
         Ok(Self { sender, driver })
     }
 
-    async fn send(&mut self, request: Request<Full<Bytes>>) -> anyhow::Result<(StatusCode, HeaderMap)> {
+    async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> anyhow::Result<(StatusCode, HeaderMap)> {
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
@@ -377,7 +389,9 @@ impl StreamTask {
     }
 
     fn patch(&self, offset: u64) -> Request<Full<Bytes>> {
-        let mut request = self.target.request(Method::PATCH, &self.uri, self.chunk.clone());
+        let mut request = self
+            .target
+            .request(Method::PATCH, &self.uri, self.chunk.clone());
         let headers = request.headers_mut();
         headers.insert(STREAM_OFFSET, HeaderValue::from(offset));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(OFFSET_OCTET_STREAM));

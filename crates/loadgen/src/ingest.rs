@@ -19,9 +19,11 @@ use crate::report::{Report, ScenarioResult, Settings, mib, ratio};
 
 /// Runs the whole benchmark. Progress goes to stderr; the result is returned, not printed.
 pub async fn run(config: &IngestConfig) -> anyhow::Result<Report> {
-    let run_dir = config
-        .data_dir
-        .join(format!("gateway-bench-{}-{}", config.run_id, std::process::id()));
+    let run_dir = config.data_dir.join(format!(
+        "gateway-bench-{}-{}",
+        config.run_id,
+        std::process::id()
+    ));
     tokio::fs::create_dir_all(run_dir.join("gateway"))
         .await
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
@@ -40,10 +42,16 @@ pub fn problems(report: &Report) -> Vec<String> {
     let mut problems = Vec::new();
     for sc in &report.scenarios {
         if sc.requests == 0 {
-            problems.push(format!("{} streams: no request was acknowledged", sc.streams));
+            problems.push(format!(
+                "{} streams: no request was acknowledged",
+                sc.streams
+            ));
         }
         if report.settings.smoke && sc.error_total > 0 {
-            problems.push(format!("{} streams: {} errors ({})", sc.streams, sc.error_total, sc.errors));
+            problems.push(format!(
+                "{} streams: {} errors ({})",
+                sc.streams, sc.error_total, sc.errors
+            ));
         }
     }
     problems
@@ -74,7 +82,11 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
         startup_timeout: config.startup_timeout,
     };
     let mut gateway = GatewayChild::start(&spec).await?;
-    eprintln!("gateway ready at {} (pid {})", gateway.target().addr(), gateway.pid());
+    eprintln!(
+        "gateway ready at {} (pid {})",
+        gateway.target().addr(),
+        gateway.pid()
+    );
     tokio::time::sleep(config.settle).await;
     let pid = gateway.pid();
     let idle = blocking(move || Ok(read_status(pid)?)).await;
@@ -133,7 +145,11 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
     })
 }
 
-async fn raw_baseline(config: &IngestConfig, run_dir: &Path, per_sync: u32) -> anyhow::Result<RawResult> {
+async fn raw_baseline(
+    config: &IngestConfig,
+    run_dir: &Path,
+    per_sync: u32,
+) -> anyhow::Result<RawResult> {
     let (dir, chunk, duration) = (PathBuf::from(run_dir), config.chunk_bytes, config.duration);
     let raw = blocking(move || run_raw(&dir, chunk, per_sync, duration)).await?;
     eprintln!(
@@ -153,7 +169,8 @@ async fn run_scenario(
     gateway.check_alive()?;
     let pid = gateway.pid();
     let peak_rss_reset = blocking(move || Ok(reset_peak(pid)?)).await.is_ok();
-    let sampler = RssSampler::start(pid, config.rss_interval).context("starting the RSS sampler")?;
+    let sampler =
+        RssSampler::start(pid, config.rss_interval).context("starting the RSS sampler")?;
     let spec = LoadSpec {
         streams,
         chunk: chunk.clone(),
@@ -176,7 +193,11 @@ async fn run_scenario(
         acked_bytes: load.acked_bytes,
         requests: load.requests,
         mib_per_s: mib_s,
-        requests_per_s: if secs > 0.0 { load.requests as f64 / secs } else { 0.0 },
+        requests_per_s: if secs > 0.0 {
+            load.requests as f64 / secs
+        } else {
+            0.0
+        },
         ratio_to_raw: ratio(mib_s, raw_mib_per_s),
         latency: load.latency.summary(),
         errors: load.errors,

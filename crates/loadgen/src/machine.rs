@@ -39,7 +39,12 @@ pub fn gather(data_dir: &Path) -> MachineInfo {
     });
     let mem_total_mib = read("/proc/meminfo").and_then(|text| {
         let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kb: u64 = line["MemTotal:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kb: u64 = line["MemTotal:".len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb / 1024)
     });
     let data_fs = std::fs::canonicalize(data_dir)
@@ -128,7 +133,10 @@ mod tests {
         let at = |secs| utc_timestamp(UNIX_EPOCH + Duration::from_secs(secs));
         assert_eq!(at(0).0, "1970-01-01T00:00:00Z");
         // 2024-02-29 12:34:56 UTC, a leap day.
-        assert_eq!(at(1_709_210_096), ("2024-02-29T12:34:56Z".into(), "20240229-123456".into()));
+        assert_eq!(
+            at(1_709_210_096),
+            ("2024-02-29T12:34:56Z".into(), "20240229-123456".into())
+        );
         assert_eq!(at(1_735_689_599).0, "2024-12-31T23:59:59Z");
     }
 

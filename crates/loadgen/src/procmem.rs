@@ -21,7 +21,10 @@ pub struct MemStatus {
 pub fn read_status(pid: u32) -> io::Result<MemStatus> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     parse_status(&text).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("no VmRSS/VmHWM in /proc/{pid}/status"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no VmRSS/VmHWM in /proc/{pid}/status"),
+        )
     })
 }
 
@@ -34,7 +37,12 @@ pub fn reset_peak(pid: u32) -> io::Result<()> {
 pub fn parse_status(text: &str) -> Option<MemStatus> {
     let field = |name: &str| {
         let line = text.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     };
     Some(MemStatus {
@@ -69,19 +77,21 @@ impl RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(AtomicU64::new(0));
-        let thread = std::thread::Builder::new().name("rss-sampler".into()).spawn({
-            let (stop, max, samples) = (stop.clone(), max.clone(), samples.clone());
-            move || {
-                while !stop.load(Ordering::Relaxed) {
-                    // A failed read means the process is gone; the scenario reports that.
-                    if let Ok(status) = read_status(pid) {
-                        max.fetch_max(status.rss_bytes, Ordering::Relaxed);
-                        samples.fetch_add(1, Ordering::Relaxed);
+        let thread = std::thread::Builder::new()
+            .name("rss-sampler".into())
+            .spawn({
+                let (stop, max, samples) = (stop.clone(), max.clone(), samples.clone());
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // A failed read means the process is gone; the scenario reports that.
+                        if let Ok(status) = read_status(pid) {
+                            max.fetch_max(status.rss_bytes, Ordering::Relaxed);
+                            samples.fetch_add(1, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(interval);
                     }
-                    std::thread::sleep(interval);
                 }
-            }
-        })?;
+            })?;
         Ok(Self {
             stop,
             max,
@@ -137,7 +147,8 @@ mod tests {
         let before = read_status(pid).unwrap_or_else(|err| panic!("{err}"));
         assert!(before.rss_bytes > 0 && before.hwm_bytes >= before.rss_bytes);
         reset_peak(pid).unwrap_or_else(|err| panic!("{err}"));
-        let sampler = RssSampler::start(pid, Duration::from_millis(5)).unwrap_or_else(|err| panic!("{err}"));
+        let sampler =
+            RssSampler::start(pid, Duration::from_millis(5)).unwrap_or_else(|err| panic!("{err}"));
         std::thread::sleep(Duration::from_millis(30));
         let seen = sampler.finish();
         assert!(seen.samples >= 2, "{seen:?}");

@@ -82,7 +82,8 @@ impl Report {
             "- machine: {} CPUs ({}), {} MiB RAM, Linux {}",
             m.nproc,
             m.cpu_model.as_deref().unwrap_or("unknown CPU"),
-            m.mem_total_mib.map_or_else(|| "?".into(), |v| v.to_string()),
+            m.mem_total_mib
+                .map_or_else(|| "?".into(), |v| v.to_string()),
             m.kernel.as_deref().unwrap_or("?"),
         );
         let _ = writeln!(md, "- data dir: {} on {fs}", s.data_dir);
@@ -131,7 +132,11 @@ impl Report {
                 sc.latency.p99_ms,
                 sc.latency.max_ms,
                 mib_cell(sc.peak_rss_mib),
-                if sc.peak_rss_reset { "" } else { " (since start)" },
+                if sc.peak_rss_reset {
+                    ""
+                } else {
+                    " (since start)"
+                },
                 mib_cell(sc.max_sampled_rss_mib),
                 sc.error_total,
             );
@@ -144,7 +149,8 @@ impl Report {
     /// Writes `path` (JSON) and the markdown beside it (same name, `.md`), creating parents.
     pub fn write_files(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         let json = serde_json::to_string_pretty(self)?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -157,7 +163,11 @@ impl Report {
 
 /// `value / reference`, zero when the reference is.
 pub fn ratio(value: f64, reference: f64) -> f64 {
-    if reference > 0.0 { value / reference } else { 0.0 }
+    if reference > 0.0 {
+        value / reference
+    } else {
+        0.0
+    }
 }
 
 /// Bytes to MiB.
@@ -252,8 +262,14 @@ mod tests {
             rows[3],
             "| 64 streams | 150.0 | 0.75 | 2400 | 1.50 | 12.25 | 24.50 | 48.0 | 47.5 | 3 |"
         );
-        assert_eq!(rows[2], "| raw batched x8 | 600.0 | 3.00 | 200 | 0.30 | 0.90 | 1.80 | - | - | 0 |");
-        assert!(md.contains("idle RSS: 12.2 MiB") || md.contains("idle RSS: 12.3 MiB"), "{md}");
+        assert_eq!(
+            rows[2],
+            "| raw batched x8 | 600.0 | 3.00 | 200 | 0.30 | 0.90 | 1.80 | - | - | 0 |"
+        );
+        assert!(
+            md.contains("idle RSS: 12.2 MiB") || md.contains("idle RSS: 12.3 MiB"),
+            "{md}"
+        );
         assert!(md.contains("ext4 (/dev/vda on /)"), "{md}");
     }
 
@@ -262,7 +278,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
         let path = dir.path().join("nested/ingest-x.json");
         let report = sample_report();
-        report.write_files(&path).unwrap_or_else(|err| panic!("{err:#}"));
+        report
+            .write_files(&path)
+            .unwrap_or_else(|err| panic!("{err:#}"));
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
                 .unwrap_or_else(|err| panic!("{err}"));
