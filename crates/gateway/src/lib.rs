@@ -3,5 +3,13 @@
 //! The binary (`main.rs`) is thin glue; everything it runs lives here so tests can call it.
 
 pub mod auth;
+pub mod budget;
+pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod stream_id;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod gateway;
+pub mod logging;

@@ -1,0 +1,177 @@
+//! Configuration: raw inputs (flags, environment, a TOML file) folded into one validated
+//! [`Config`]. Flags and `ENGINE_GATEWAY_*` variables win over the file, the file over defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::http::HandlerLimits;
+use crate::http::server::ServerLimits;
+
+/// Everything `serve` needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub server: ServerLimits,
+    pub handler: HandlerLimits,
+    /// Bytes of request/response bodies held in memory at once, all connections together.
+    pub inflight_bytes: usize,
+    pub jwt: Option<JwtConfig>,
+}
+
+/// Where JWTs are checked against.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// PEM public key (Ed25519 or RSA); its type decides the algorithm (EdDSA or RS256).
+    pub public_key: PathBuf,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+}
+
+/// Values given on the command line or in the environment (`None` = not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub inflight_bytes: Option<usize>,
+}
+
+/// The TOML file, as written by an operator.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    limits: FileLimits,
+    jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_connections: Option<usize>,
+    inflight_bytes: Option<usize>,
+    chunk_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+    shutdown_timeout_secs: Option<u64>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+const DEFAULT_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+
+impl Config {
+    /// Builds the configuration from overrides and, if named, the config file.
+    pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
+        let file = match &overrides.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = overrides.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen
+            .parse()
+            .with_context(|| format!("listen address {listen:?} is not IP:PORT (e.g. 127.0.0.1:8080)"))?;
+        let data_dir = overrides.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let limits = file.limits;
+        let mut server = ServerLimits::default();
+        let mut handler = HandlerLimits::default();
+        if let Some(n) = overrides.max_connections.or(limits.max_connections) {
+            server.max_connections = n;
+        }
+        if let Some(n) = limits.max_header_bytes {
+            server.max_header_bytes = n;
+        }
+        if let Some(s) = limits.header_timeout_secs {
+            server.header_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = limits.shutdown_timeout_secs {
+            server.drain_timeout = Duration::from_secs(s);
+        }
+        if let Some(n) = limits.chunk_bytes {
+            handler.chunk_bytes = n;
+        }
+        if let Some(s) = limits.body_timeout_secs {
+            handler.body_timeout = Duration::from_secs(s);
+        }
+        let inflight_bytes = overrides.inflight_bytes.or(limits.inflight_bytes).unwrap_or(DEFAULT_INFLIGHT_BYTES);
+        let config = Config { listen, data_dir, server, handler, inflight_bytes, jwt: file.jwt };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.server.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        if !(8 * 1024..=16 * 1024 * 1024).contains(&self.server.max_header_bytes) {
+            bail!("max_header_bytes must be between 8 KiB and 16 MiB");
+        }
+        if !(4 * 1024..=4 * 1024 * 1024).contains(&self.handler.chunk_bytes) {
+            bail!("chunk_bytes must be between 4 KiB and 4 MiB");
+        }
+        if self.inflight_bytes < self.handler.chunk_bytes {
+            bail!("inflight_bytes must be at least chunk_bytes ({})", self.handler.chunk_bytes);
+        }
+        for (name, d) in [
+            ("header_timeout_secs", self.server.header_timeout),
+            ("body_timeout_secs", self.handler.body_timeout),
+        ] {
+            if d.is_zero() {
+                bail!("{name} must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\ndata_dir = \"/tmp/x\"\n[limits]\nmax_connections = 7\nbody_timeout_secs = 3\n",
+        )
+        .unwrap();
+        let config = Config::load(Overrides {
+            listen: Some("127.0.0.1:9001".into()),
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.server.max_connections, 7);
+        assert_eq!(config.handler.body_timeout, Duration::from_secs(3));
+
+        std::fs::write(&file, "[limits]\nmax_conections = 7\n").unwrap();
+        let err = Config::load(Overrides { config: Some(file.clone()), ..Overrides::default() }).unwrap_err();
+        assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
+
+        let err = Config::load(Overrides { listen: Some("nope".into()), ..Overrides::default() }).unwrap_err();
+        assert!(err.to_string().contains("not IP:PORT"));
+        let defaults = Config::load(Overrides::default()).unwrap();
+        assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);
+    }
+}

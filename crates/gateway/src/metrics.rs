@@ -1,0 +1,194 @@
+//! The gateway's own Prometheus metrics: request, byte and error counters, latency histograms.
+//!
+//! Hand-written on atomics: a fixed set of series known at compile time, no registry, no
+//! allocation on the request path, no dependency.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Routes, as a metric label. A fixed set so the series count is bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Head,
+    Append,
+    Read,
+    List,
+    Delete,
+    Ops,
+    Debug,
+    Other,
+}
+
+const ROUTES: [(Route, &str); 8] = [
+    (Route::Head, "head"),
+    (Route::Append, "append"),
+    (Route::Read, "read"),
+    (Route::List, "list"),
+    (Route::Delete, "delete"),
+    (Route::Ops, "ops"),
+    (Route::Debug, "debug"),
+    (Route::Other, "other"),
+];
+
+/// Status codes counted separately; anything else is counted as its class (`2xx` ...).
+const STATUSES: [u16; 17] =
+    [200, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 416, 429, 431, 500, 503, 0];
+const OTHER_STATUS: usize = STATUSES.len() - 1;
+
+/// Stable error codes, as a metric label (see `http::error`).
+pub const ERROR_CODES: [&str; 20] = [
+    "invalid_stream_id",
+    "invalid_offset",
+    "missing_offset",
+    "invalid_header",
+    "invalid_query",
+    "offset_mismatch",
+    "stream_sealed",
+    "offset_out_of_range",
+    "unsupported_media_type",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "body_timeout",
+    "body_error",
+    "overloaded",
+    "too_many_connections",
+    "unavailable",
+    "internal",
+    "other",
+];
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+
+/// A Prometheus histogram of durations.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in nanoseconds, converted to seconds at exposition.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// All of the gateway's own counters.
+#[derive(Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    errors: [AtomicU64; ERROR_CODES.len()],
+    pub appended_bytes: AtomicU64,
+    pub read_bytes: AtomicU64,
+    /// Connections refused at the cap (answered 503 without being served).
+    pub rejected_connections: AtomicU64,
+    pub open_connections: AtomicU64,
+    /// Time for one `Store::append` call, i.e. from handing a chunk over to its commit.
+    pub append_latency: Histogram,
+    /// Whole request durations.
+    pub request_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn request(&self, route: Route, status: u16, elapsed: Duration) {
+        let r = ROUTES.iter().position(|(x, _)| *x == route).unwrap_or(ROUTES.len() - 1);
+        let s = STATUSES.iter().position(|&x| x == status).unwrap_or(OTHER_STATUS);
+        self.requests[r][s].fetch_add(1, Relaxed);
+        self.request_latency.observe(elapsed);
+    }
+
+    pub fn error(&self, code: &str) {
+        let i = ERROR_CODES.iter().position(|&c| c == code).unwrap_or(ERROR_CODES.len() - 1);
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition of everything above.
+    pub fn write(&self, out: &mut String) {
+        let name = "engine_gateway_requests_total";
+        let _ = writeln!(out, "# HELP {name} HTTP requests answered\n# TYPE {name} counter");
+        for ((_, route), row) in ROUTES.iter().zip(&self.requests) {
+            for (&status, n) in STATUSES.iter().zip(row) {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    let status = if status == 0 { "other".into() } else { status.to_string() };
+                    let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
+                }
+            }
+        }
+        let name = "engine_gateway_errors_total";
+        let _ = writeln!(out, "# HELP {name} error answers by code\n# TYPE {name} counter");
+        for (code, n) in ERROR_CODES.iter().zip(&self.errors) {
+            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {}", n.load(Relaxed));
+        }
+        for (name, help, value) in [
+            ("appended_bytes_total", "bytes committed by appends", &self.appended_bytes),
+            ("read_bytes_total", "bytes sent to readers", &self.read_bytes),
+            ("rejected_connections_total", "connections refused at the cap", &self.rejected_connections),
+        ] {
+            let name = format!("engine_gateway_{name}");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+        let name = "engine_gateway_open_connections";
+        let _ = writeln!(out, "# HELP {name} client connections open\n# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {}", self.open_connections.load(Relaxed));
+        self.append_latency.write(
+            out,
+            "engine_gateway_append_seconds",
+            "time from handing a chunk to the store to its durable commit",
+        );
+        self.request_latency.write(out, "engine_gateway_request_seconds", "request durations");
+    }
+}
+
+/// Writes one gauge with its HELP and TYPE lines.
+pub fn write_gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition() {
+        let m = Metrics::default();
+        m.request(Route::Append, 204, Duration::from_millis(3));
+        m.request(Route::Append, 418, Duration::from_millis(3));
+        m.error("offset_mismatch");
+        m.error("no_such_code");
+        m.append_latency.observe(Duration::from_micros(700));
+        let mut out = String::new();
+        m.write(&mut out);
+        assert!(out.contains("engine_gateway_requests_total{route=\"append\",status=\"204\"} 1"));
+        assert!(out.contains("engine_gateway_requests_total{route=\"append\",status=\"other\"} 1"));
+        assert!(out.contains("engine_gateway_errors_total{code=\"offset_mismatch\"} 1"));
+        assert!(out.contains("engine_gateway_errors_total{code=\"other\"} 1"));
+        assert!(out.contains("engine_gateway_append_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(out.contains("engine_gateway_append_seconds_count 1"));
+    }
+}
