@@ -2,10 +2,13 @@
 
 use std::process::ExitCode;
 
+use std::path::Path;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
 use crate::cli::{CatArgs, PushArgs, ServeArgs, TokenCommand};
 use crate::config::{Config, Overrides};
 
@@ -51,8 +54,66 @@ async fn wait_for_signal() {
     }
 }
 
-pub async fn token(_command: TokenCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("pending")
+/// `engine-gateway token create|list|revoke`: works on the data directory directly, also while
+/// the gateway runs (it sees changes on the next request).
+pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create(args) => {
+            let role: Role = args.role.parse().map_err(anyhow::Error::msg)?;
+            let ttl = args.ttl.as_deref().map(parse_ttl).transpose().map_err(anyhow::Error::msg)?;
+            let store = open_tokens(&args.data_dir.data_dir).await?;
+            let new = NewToken { org: args.org, cluster: args.cluster, role, ttl };
+            let (record, secret) = store.create(new).await.context("creating the token")?;
+            eprintln!("created token {} ({})", record.id, describe(&record));
+            println!("{}", secret.expose());
+        }
+        TokenCommand::List(args) => {
+            let store = open_tokens(&args.data_dir).await?;
+            let records = store.list().await.context("listing tokens")?;
+            println!("{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  STATE", "ID", "ROLE", "ORG", "CLUSTER", "CREATED", "EXPIRES");
+            let now = crate::store::unix_now();
+            for r in records {
+                let state = match (r.revoked, r.is_expired_at(now)) {
+                    (Some(_), _) => "revoked",
+                    (None, true) => "expired",
+                    (None, false) => "active",
+                };
+                println!(
+                    "{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  {state}",
+                    r.id,
+                    r.role.to_string(),
+                    r.org.as_deref().unwrap_or("*"),
+                    r.cluster.as_deref().unwrap_or("*"),
+                    r.created,
+                    r.expires.map_or_else(|| "never".to_string(), |e| e.to_string()),
+                );
+            }
+        }
+        TokenCommand::Revoke(args) => {
+            let store = open_tokens(&args.data_dir.data_dir).await?;
+            let record = store.revoke(&args.id).await.with_context(|| format!("revoking token {}", args.id))?;
+            eprintln!("revoked token {} ({})", record.id, describe(&record));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_tokens(data_dir: &Path) -> anyhow::Result<FileTokenStore> {
+    FileTokenStore::open(data_dir).await.with_context(|| format!("opening tokens in {}", data_dir.display()))
+}
+
+fn describe(r: &TokenRecord) -> String {
+    let mut text = r.role.to_string();
+    if let Some(org) = &r.org {
+        text.push_str(&format!(", org {org}"));
+    }
+    if let Some(cluster) = &r.cluster {
+        text.push_str(&format!(", cluster {cluster}"));
+    }
+    if let Some(expires) = r.expires {
+        text.push_str(&format!(", expires at {expires} (unix)"));
+    }
+    text
 }
 
 pub async fn push(_args: PushArgs) -> anyhow::Result<ExitCode> {

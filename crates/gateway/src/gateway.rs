@@ -27,7 +27,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: watch::Receive
     let store: Arc<dyn Store> = Arc::new(store);
 
     let tokens: Arc<dyn TokenStore> =
-        Arc::new(FileTokenStore::open(data_dir.join("tokens")).context("opening the token store")?);
+        Arc::new(FileTokenStore::open(&data_dir).await.context("opening the token store")?);
     if let Some(path) = bootstrap_admin(tokens.as_ref(), &data_dir).await.context("creating the first admin token")? {
         tracing::info!(path = %path.display(), "no tokens yet: created an admin token, its secret is in this file");
     }

@@ -37,7 +37,7 @@ const STATUSES: [u16; 17] =
 const OTHER_STATUS: usize = STATUSES.len() - 1;
 
 /// Stable error codes, as a metric label (see `http::error`).
-pub const ERROR_CODES: [&str; 20] = [
+pub const ERROR_CODES: [&str; 26] = [
     "invalid_stream_id",
     "invalid_offset",
     "missing_offset",
@@ -47,7 +47,13 @@ pub const ERROR_CODES: [&str; 20] = [
     "stream_sealed",
     "offset_out_of_range",
     "unsupported_media_type",
-    "unauthorized",
+    "missing_token",
+    "malformed_token",
+    "invalid_token",
+    "token_revoked",
+    "token_expired",
+    "invalid_jwt",
+    "auth_unavailable",
     "forbidden",
     "not_found",
     "method_not_allowed",

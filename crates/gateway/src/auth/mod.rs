@@ -168,5 +168,3 @@ mod tests {
     }
 }
 
-mod stub;
-pub use stub::{AuthError, Authenticator};

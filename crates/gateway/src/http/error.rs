@@ -75,10 +75,9 @@ impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         if err.is_unavailable() {
             tracing::error!(error = %err, "token store failed");
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "cannot check tokens now")
-                .retry_after(1);
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string()).retry_after(1);
         }
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
+        ApiError::new(StatusCode::UNAUTHORIZED, err.code(), err.to_string())
     }
 }
 

@@ -107,6 +107,8 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or corrupted data.
     Internal,
+    /// One append carries more bytes than the backend takes in one call; split it.
+    TooLarge,
 }
 
 /// An error of a store operation. Carries no backtrace, by design.
@@ -150,6 +152,13 @@ impl StoreError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
+    }
+
+    pub fn too_large(len: usize, max: usize) -> Self {
+        Self::new(
+            ErrorKind::TooLarge,
+            format!("an append of {len} bytes is more than the {max} bytes allowed"),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -1,1 +1,388 @@
-//! The embedded store.
+//! The embedded store: a checksummed write-ahead log of segment files with group commit, indexed
+//! by redb. The default backend; needs no other process.
+//!
+//! Layout of the store directory: `LOCK` (flock held while open), `index.redb`, and
+//! `segments/{n:020}.seg`. **Architecture invariant:** stream bytes are written once, into the
+//! log, and an append is answered only after the log fsync that covers it; the index may lag the
+//! log (it is made durable at checkpoints) and is rebuilt from the log at open.
+
+mod index;
+mod log;
+mod metrics;
+mod read;
+mod wait;
+mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::Database;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::info;
+
+use self::index::{Tables, db_err};
+pub use self::metrics::RecoveryReport;
+use self::read::SegmentFiles;
+use self::wait::Waiters;
+use self::writer::{Request, Writer, WriterConfig};
+use crate::store::{Appended, ErrorKind, ReadChunk, Store, StoreError, StreamInfo};
+use crate::stream_id::StreamId;
+
+/// Largest `data` one append may carry ([`ErrorKind::TooLarge`] beyond).
+pub const MAX_APPEND_BYTES: usize = 4 << 20;
+/// Largest chunk one read returns, whatever `max` asks for.
+pub const MAX_READ_BYTES: usize = 4 << 20;
+
+/// Settings of the embedded store.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// Directory the store owns (created when missing).
+    pub dir: PathBuf,
+    /// A log segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// The writer stops draining its queue into one batch (one fsync) past this many bytes.
+    pub max_batch_bytes: usize,
+    /// Requests the writer's queue holds.
+    pub queue_depth: usize,
+    /// Append bytes queued for the writer at most; appenders wait beyond (backpressure).
+    pub max_queued_bytes: usize,
+    /// Page cache of the redb index (redb's own default is 1 GiB, too much for a small container).
+    pub index_cache_bytes: usize,
+    /// A durable index commit (checkpoint) happens after this many batches...
+    pub checkpoint_batches: u64,
+    /// ...or after this much time, whichever comes first; recovery replays the log since then.
+    pub checkpoint_interval: Duration,
+}
+
+impl EmbeddedConfig {
+    /// The defaults, in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        EmbeddedConfig {
+            dir: dir.into(),
+            segment_bytes: 1 << 30,
+            max_batch_bytes: 8 << 20,
+            queue_depth: 1024,
+            max_queued_bytes: 32 << 20,
+            index_cache_bytes: 16 << 20,
+            checkpoint_batches: 256,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The embedded store. Open with [`EmbeddedStore::open`], then share as `Arc<dyn Store>`.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    /// Queue to the writer thread; dropping the store closes it and the writer stops.
+    tx: mpsc::Sender<Request>,
+    /// Bytes of appends queued or being written, bounded by `max_queued_bytes`.
+    budget: Arc<Semaphore>,
+    max_queued_bytes: usize,
+    /// The writer thread, joined by `close`.
+    writer: Mutex<Option<JoinHandle<()>>>,
+    recovery: RecoveryReport,
+}
+
+/// State shared by the store handle, the readers and the writer thread.
+struct Shared {
+    db: Database,
+    files: SegmentFiles,
+    waiters: Waiters,
+    metrics: metrics::Metrics,
+    /// Set by `close`: appends are refused from then on.
+    closed: AtomicBool,
+    /// Set after a failed log write or index commit: the log's tail is unknown until reopened.
+    failed: AtomicBool,
+    /// Holds the flock on `dir/LOCK` for as long as anything may write.
+    _lock: File,
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `config.dir`, recovering from a crash if needed. Blocking: call it
+    /// before starting the runtime or through `spawn_blocking`.
+    pub fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, StoreError> {
+        if config.segment_bytes == 0 || config.queue_depth == 0 || config.max_queued_bytes == 0 {
+            return Err(StoreError::internal(
+                "embedded store: sizes must be positive",
+            ));
+        }
+        let dir = &config.dir;
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::internal(format!("{what} {}: {e}", dir.display()))
+        };
+        fs::create_dir_all(dir.join("segments")).map_err(|e| io("creating", e))?;
+        let lock = lock_dir(dir)?;
+        let started = Instant::now();
+        let db = index::open_db(&dir.join("index.redb"), config.index_cache_bytes)?;
+        let (end, next_key, mut recovery) = recover(&db, dir)?;
+        recovery.millis = started.elapsed().as_millis() as u64;
+        info!(
+            dir = %dir.display(),
+            records = recovery.records,
+            bytes = recovery.bytes,
+            truncated_bytes = recovery.truncated_bytes,
+            millis = recovery.millis,
+            "store recovered"
+        );
+        let segment =
+            log::SegmentWriter::open(dir, end.0, end.1).map_err(|e| io("opening the log in", e))?;
+        let shared = Arc::new(Shared {
+            db,
+            files: SegmentFiles::new(dir.clone()),
+            waiters: Waiters::default(),
+            metrics: metrics::Metrics::new(recovery),
+            closed: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            _lock: lock,
+        });
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let writer = Writer {
+            shared: shared.clone(),
+            rx,
+            segment,
+            config: WriterConfig {
+                segment_bytes: config.segment_bytes,
+                max_batch_bytes: config.max_batch_bytes,
+                checkpoint_batches: config.checkpoint_batches,
+                checkpoint_interval: config.checkpoint_interval,
+            },
+            next_key,
+            buf: Vec::new(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| io("starting the writer for", e))?;
+        Ok(EmbeddedStore {
+            shared,
+            tx,
+            budget: Arc::new(Semaphore::new(config.max_queued_bytes)),
+            max_queued_bytes: config.max_queued_bytes,
+            writer: Mutex::new(Some(handle)),
+            recovery,
+        })
+    }
+
+    /// What recovery did at open.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.recovery
+    }
+
+    /// Runs `f` on a blocking thread (index lookups and file reads may touch the disk).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| StoreError::internal(format!("store task failed: {e}")))?
+    }
+
+    async fn request<T>(
+        &self,
+        request: Request,
+        rx: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.shared.closed.load(SeqCst) {
+            return Err(StoreError::unavailable("store is closed"));
+        }
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| StoreError::unavailable("store writer has stopped"))?;
+        rx.await
+            .map_err(|_| StoreError::unavailable("store writer has stopped"))?
+    }
+}
+
+/// Takes the exclusive flock on `dir/LOCK`, failing at once when another process holds it.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::internal(format!("opening {}: {e}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own, which stays open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(StoreError::unavailable(format!(
+                "store directory {} is in use by another process",
+                dir.display()
+            )));
+        }
+        return Err(StoreError::internal(format!(
+            "locking {}: {err}",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Replays the log since the index's checkpoint; returns the log end, the next stream key, and
+/// what was done.
+fn recover(db: &Database, dir: &Path) -> Result<((u64, u64), u64, RecoveryReport), StoreError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let (end, next_key, outcome) = {
+        let mut tables = Tables::open(&txn)?;
+        let from = match tables.checkpoint()? {
+            Some(checkpoint) => checkpoint,
+            None => {
+                let first = log::list_segments(dir)
+                    .map_err(|e| StoreError::internal(format!("listing segments: {e}")))?;
+                (first.first().copied().unwrap_or(0), 0)
+            }
+        };
+        let outcome = log::scan(dir, from, |record, segment, pos| {
+            tables.apply(record, segment, pos, true)
+        })?;
+        tables.set_checkpoint(outcome.end.0, outcome.end.1)?;
+        (outcome.end, tables.next_key()?, outcome)
+    };
+    txn.commit().map_err(db_err)?;
+    let report = RecoveryReport {
+        records: outcome.records,
+        bytes: outcome.bytes,
+        truncated_bytes: outcome.truncated_bytes,
+        millis: 0,
+    };
+    Ok((end, next_key, report))
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn head(&self, id: &StreamId) -> Result<StreamInfo, StoreError> {
+        let name = id.to_string();
+        self.blocking(move |s| read::head(&s.db, &name))
+            .await?
+            .ok_or_else(|| StoreError::not_found(id))
+    }
+
+    async fn append(
+        &self,
+        id: &StreamId,
+        offset: u64,
+        data: Bytes,
+        seal: bool,
+    ) -> Result<Appended, StoreError> {
+        if data.len() > MAX_APPEND_BYTES {
+            return Err(StoreError::too_large(data.len(), MAX_APPEND_BYTES));
+        }
+        if offset.checked_add(data.len() as u64).is_none() {
+            return Err(StoreError::new(
+                ErrorKind::InvalidOffset,
+                format!("offset {offset} overflows"),
+            ));
+        }
+        let permits = data.len().min(self.max_queued_bytes) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| StoreError::unavailable("store is closed"))?;
+        let (reply, rx) = oneshot::channel();
+        let request = Request::Append {
+            id: id.clone(),
+            offset,
+            data,
+            seal,
+            reply,
+            _permit: permit,
+        };
+        self.request(request, rx).await
+    }
+
+    async fn read(&self, id: &StreamId, offset: u64, max: usize) -> Result<ReadChunk, StoreError> {
+        let name = id.to_string();
+        let max = max.min(MAX_READ_BYTES);
+        self.blocking(move |s| read::read(&s.db, &s.files, &name, offset, max))
+            .await?
+            .ok_or_else(|| StoreError::not_found(id))
+    }
+
+    async fn wait(&self, id: &StreamId, offset: u64, timeout: Duration) -> Result<(), StoreError> {
+        let guard = self.shared.waiters.register(id.as_str());
+        let notified = guard.notify().notified();
+        tokio::pin!(notified);
+        // registered before the check below, so an append committed after it wakes us
+        notified.as_mut().enable();
+        let name = id.to_string();
+        let info = self.blocking(move |s| read::head(&s.db, &name)).await?;
+        if info.is_none_or(|i| i.length > offset || i.sealed) {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<StreamInfo>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |s| read::list(&s.db, &prefix, limit))
+            .await
+    }
+
+    async fn delete(&self, id: &StreamId) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.request(
+            Request::Delete {
+                id: id.clone(),
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let writer_alive = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        if self.shared.closed.load(SeqCst) || !writer_alive {
+            return Err(StoreError::unavailable("store is closed"));
+        }
+        if self.shared.failed.load(SeqCst) {
+            return Err(StoreError::unavailable(
+                "store failed a write; restart to recover",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.shared.closed.swap(true, SeqCst) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let result = match self.tx.send(Request::Close { reply }).await {
+            Ok(()) => rx.await.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        self.budget.close();
+        result
+    }
+
+    fn write_metrics(&self, out: &mut String) {
+        self.shared.metrics.write(out);
+    }
+}

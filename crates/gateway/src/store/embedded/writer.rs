@@ -1,0 +1,387 @@
+//! The group-commit writer thread: validates queued requests, writes their log records with one
+//! write and one fdatasync per batch, then updates the index and answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redb::Durability;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tracing::{error, info};
+
+use super::Shared;
+use super::index::{Meta, Tables, db_err};
+use super::log::{Record, SegmentWriter};
+use crate::store::{Appended, StoreError, unix_now};
+use crate::stream_id::StreamId;
+
+/// A request to the writer thread.
+pub(super) enum Request {
+    Append {
+        id: StreamId,
+        offset: u64,
+        data: Bytes,
+        seal: bool,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+        /// Share of the store's queued-bytes budget, released when the request is answered.
+        _permit: OwnedSemaphorePermit,
+    },
+    Delete {
+        id: StreamId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Finish what is queued before, make the index durable, and stop.
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+impl Request {
+    fn size(&self) -> usize {
+        match self {
+            Request::Append { data, .. } => 64 + data.len(),
+            _ => 64,
+        }
+    }
+
+    fn answer(self, result: Result<Option<Appended>, StoreError>) {
+        // a requester that went away does not care about the answer
+        match self {
+            Request::Append { reply, .. } => {
+                let _ = reply.send(
+                    result.and_then(|a| a.ok_or_else(|| StoreError::internal("no append result"))),
+                );
+            }
+            Request::Delete { reply, .. } | Request::Close { reply } => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+        }
+    }
+}
+
+/// Tuning of the writer, from [`super::EmbeddedConfig`].
+pub(super) struct WriterConfig {
+    pub(super) segment_bytes: u64,
+    pub(super) max_batch_bytes: usize,
+    pub(super) checkpoint_batches: u64,
+    pub(super) checkpoint_interval: Duration,
+}
+
+/// A log record to write, naming its variable part by the request it comes from.
+#[derive(Clone, Copy)]
+enum Spec {
+    Create { key: u64 },
+    Append { key: u64, offset: u64 },
+    Seal { key: u64 },
+    Delete { key: u64 },
+}
+
+impl Spec {
+    fn record<'a>(self, request: &'a Request, time: u64) -> Record<'a> {
+        let (name, data): (&str, &[u8]) = match request {
+            Request::Append { id, data, .. } => (id.as_str(), data),
+            Request::Delete { id, .. } => (id.as_str(), &[]),
+            Request::Close { .. } => ("", &[]),
+        };
+        match self {
+            Spec::Create { key } => Record::Create { key, time, name },
+            Spec::Append { key, offset } => Record::Append {
+                key,
+                offset,
+                time,
+                data,
+            },
+            Spec::Seal { key } => Record::Seal { key, time },
+            Spec::Delete { key } => Record::Delete { key, time },
+        }
+    }
+}
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) rx: mpsc::Receiver<Request>,
+    pub(super) segment: SegmentWriter,
+    pub(super) config: WriterConfig,
+    /// Key of the next created stream; only this thread creates streams.
+    pub(super) next_key: u64,
+    /// Encoded records of the batch; reused, so its capacity stays near `max_batch_bytes`.
+    pub(super) buf: Vec<u8>,
+    /// Batches committed with `Durability::None` since the last durable checkpoint.
+    pub(super) since_checkpoint: u64,
+    pub(super) last_checkpoint: Instant,
+}
+
+impl Writer {
+    pub(super) fn run(mut self) {
+        let mut batch = Vec::new();
+        loop {
+            let Some(first) = self.rx.blocking_recv() else {
+                // every handle dropped without close(): still leave a durable index behind
+                let _ = self.checkpoint();
+                return;
+            };
+            let mut bytes = first.size();
+            let mut close = None;
+            match first {
+                Request::Close { reply } => close = Some(reply),
+                other => batch.push(other),
+            }
+            while close.is_none() && bytes < self.config.max_batch_bytes {
+                match self.rx.try_recv() {
+                    Ok(Request::Close { reply }) => close = Some(reply),
+                    Ok(request) => {
+                        bytes += request.size();
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.process(&mut batch);
+            }
+            if let Some(reply) = close {
+                let result = self.checkpoint();
+                self.rx.close();
+                while let Ok(request) = self.rx.try_recv() {
+                    request.answer(Err(StoreError::unavailable("store is closed")));
+                }
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+
+    /// Commits the index durably with the current log position.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.shared.failed.load(SeqCst) {
+            return Err(StoreError::unavailable(
+                "store failed earlier; reopen to recover",
+            ));
+        }
+        let txn = self.shared.db.begin_write().map_err(db_err)?;
+        {
+            let mut tables = Tables::open(&txn)?;
+            tables.set_checkpoint(self.segment.number(), self.segment.pos())?;
+        }
+        txn.commit().map_err(db_err)?;
+        self.checkpointed();
+        Ok(())
+    }
+
+    fn checkpointed(&mut self) {
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.shared.metrics.checkpoints.fetch_add(1, Relaxed);
+    }
+
+    fn process(&mut self, batch: &mut Vec<Request>) {
+        let result = if self.shared.failed.load(SeqCst) {
+            Err(StoreError::unavailable(
+                "store failed earlier; reopen to recover",
+            ))
+        } else {
+            self.commit(batch)
+        };
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                error!(error = %err, "store batch failed, refusing further writes");
+                self.shared.failed.store(true, SeqCst);
+                let message = format!("store write failed: {err}");
+                batch
+                    .iter()
+                    .map(|_| Err(StoreError::unavailable(message.clone())))
+                    .collect()
+            }
+        };
+        let names: Vec<String> = batch
+            .iter()
+            .filter_map(|r| match r {
+                Request::Append { id, .. } | Request::Delete { id, .. } => Some(id.to_string()),
+                Request::Close { .. } => None,
+            })
+            .collect();
+        // wake followers before answering, so a wait started after an append returned is not
+        // woken by that append's own notification
+        self.shared.waiters.notify(names.iter().map(String::as_str));
+        for (request, outcome) in batch.drain(..).zip(outcomes) {
+            request.answer(outcome);
+        }
+    }
+
+    /// Validates, logs durably, and indexes one batch; returns one outcome per request.
+    fn commit(
+        &mut self,
+        batch: &[Request],
+    ) -> Result<Vec<Result<Option<Appended>, StoreError>>, StoreError> {
+        let durable = self.since_checkpoint + 1 >= self.config.checkpoint_batches
+            || self.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+        let mut txn = self.shared.db.begin_write().map_err(db_err)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| StoreError::internal(format!("index: {e}")))?;
+        let now = unix_now();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut ops: Vec<(usize, Spec, u64, u64)> = Vec::new();
+        {
+            let mut tables = Tables::open(&txn)?;
+            let mut pending: HashMap<&str, Option<Meta>> = HashMap::new();
+            self.buf.clear();
+            for (i, request) in batch.iter().enumerate() {
+                let (outcome, specs) =
+                    validate(request, &tables, &mut pending, &mut self.next_key, now)?;
+                outcomes.push(outcome);
+                for spec in specs.into_iter().flatten() {
+                    let (segment, pos) = self.add(spec.record(request, now))?;
+                    ops.push((i, spec, segment, pos));
+                }
+            }
+            if ops.is_empty() {
+                drop(tables);
+                txn.abort().map_err(db_err)?;
+                return Ok(outcomes);
+            }
+            self.flush()?;
+            for &(i, spec, segment, pos) in &ops {
+                tables.apply(spec.record(&batch[i], now), segment, pos, false)?;
+            }
+            tables.set_checkpoint(self.segment.number(), self.segment.pos())?;
+        }
+        txn.commit().map_err(db_err)?;
+        let metrics = &self.shared.metrics;
+        metrics.batches.fetch_add(1, Relaxed);
+        metrics.batch_records.observe(ops.len() as f64);
+        if durable {
+            self.checkpointed();
+        } else {
+            self.since_checkpoint += 1;
+        }
+        Ok(outcomes)
+    }
+
+    /// Adds a record to the batch buffer, rolling the segment first when it would overflow.
+    /// Returns where the record goes.
+    fn add(&mut self, record: Record<'_>) -> Result<(u64, u64), StoreError> {
+        let end = self.segment.pos() + self.buf.len() as u64;
+        if end > 0 && end + record.encoded_len() as u64 > self.config.segment_bytes {
+            self.flush()?;
+            self.segment
+                .roll()
+                .map_err(|e| StoreError::internal(format!("starting a segment: {e}")))?;
+            info!(
+                segment = self.segment.number(),
+                "store log rolled to a new segment"
+            );
+        }
+        let pos = self.segment.pos() + self.buf.len() as u64;
+        record.encode(&mut self.buf);
+        if let Record::Append { data, .. } = record {
+            self.shared
+                .metrics
+                .appended_bytes
+                .fetch_add(data.len() as u64, Relaxed);
+        }
+        Ok((self.segment.number(), pos))
+    }
+
+    /// Writes the buffer to the segment and fdatasyncs it.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| StoreError::internal(format!("writing the log: {e}"));
+        self.segment.write(&self.buf).map_err(io)?;
+        self.buf.clear();
+        let started = Instant::now();
+        self.segment.sync().map_err(io)?;
+        let metrics = &self.shared.metrics;
+        metrics.fsyncs.fetch_add(1, Relaxed);
+        metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// The outcome of one request and the records it needs (at most create, append, seal).
+type Validated = (Result<Option<Appended>, StoreError>, [Option<Spec>; 3]);
+
+/// Checks a request against the state of its stream, including earlier requests of the batch.
+fn validate<'b>(
+    request: &'b Request,
+    tables: &Tables<'_>,
+    pending: &mut HashMap<&'b str, Option<Meta>>,
+    next_key: &mut u64,
+    now: u64,
+) -> Result<Validated, StoreError> {
+    let mut specs = [None; 3];
+    let (id, name) = match request {
+        Request::Append { id, .. } | Request::Delete { id, .. } => (id, id.as_str()),
+        Request::Close { .. } => return Ok((Ok(None), specs)),
+    };
+    let meta = match pending.get(name) {
+        Some(meta) => *meta,
+        None => tables.meta(name)?,
+    };
+    match request {
+        Request::Append {
+            offset, data, seal, ..
+        } => {
+            let mut meta = match meta {
+                None if *offset != 0 => return Ok((Err(StoreError::not_found(id)), specs)),
+                None => {
+                    let key = *next_key;
+                    *next_key += 1;
+                    specs[0] = Some(Spec::Create { key });
+                    Meta {
+                        key,
+                        length: 0,
+                        sealed: false,
+                        created: now,
+                        updated: now,
+                    }
+                }
+                Some(m) if m.sealed => return Ok((Err(StoreError::sealed(id, m.length)), specs)),
+                Some(m) if m.length != *offset => {
+                    return Ok((Err(StoreError::conflict(id, *offset, m.length)), specs));
+                }
+                Some(m) => m,
+            };
+            if !data.is_empty() {
+                specs[1] = Some(Spec::Append {
+                    key: meta.key,
+                    offset: meta.length,
+                });
+                meta.length += data.len() as u64;
+                meta.updated = now;
+            }
+            if *seal {
+                specs[2] = Some(Spec::Seal { key: meta.key });
+                meta.sealed = true;
+            }
+            pending.insert(name, Some(meta));
+            Ok((
+                Ok(Some(Appended {
+                    offset: meta.length,
+                    sealed: meta.sealed,
+                })),
+                specs,
+            ))
+        }
+        Request::Delete { .. } => {
+            let Some(meta) = meta else {
+                return Ok((Err(StoreError::not_found(id)), specs));
+            };
+            specs[0] = Some(Spec::Delete { key: meta.key });
+            pending.insert(name, None);
+            Ok((Ok(None), specs))
+        }
+        Request::Close { .. } => Ok((Ok(None), specs)),
+    }
+}

@@ -1,0 +1,458 @@
+//! The embedded store against real files and real crashes: the shared suite, reopening, torn
+//! tails, checkpoint replay, the directory lock, and `kill -9` of a child process mid-write.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use engine_gateway::store::embedded::{EmbeddedConfig, EmbeddedStore};
+use engine_gateway::store::testsuite::{read_to_end, run_all};
+use engine_gateway::store::{ErrorKind, Store};
+use engine_gateway::stream_id::StreamId;
+
+/// Env var that turns `crash_child` into a child process writing to the named directory.
+const CHILD_DIR: &str = "ENGINE_GATEWAY_STORE_CHILD_DIR";
+/// Env var choosing the child's work: `crash` (append until killed) or `replay` (append, then
+/// announce DONE and wait to be killed).
+const CHILD_MODE: &str = "ENGINE_GATEWAY_STORE_CHILD_MODE";
+
+fn config(dir: &Path) -> EmbeddedConfig {
+    EmbeddedConfig {
+        segment_bytes: 256 << 10,
+        ..EmbeddedConfig::new(dir)
+    }
+}
+
+async fn open(config: EmbeddedConfig) -> Result<EmbeddedStore, engine_gateway::store::StoreError> {
+    tokio::task::spawn_blocking(move || EmbeddedStore::open(config))
+        .await
+        .unwrap()
+}
+
+fn sid(name: &str) -> StreamId {
+    StreamId::new("org", "cluster", name).unwrap()
+}
+
+/// The deterministic byte at offset `o` of stream number `s` in the crash tests.
+fn content(s: usize, o: u64) -> u8 {
+    (s as u64 * 131 + o * 7 + o / 253) as u8
+}
+
+fn check_content(s: usize, data: &[u8]) {
+    let bad = (0..data.len()).find(|&o| data[o] != content(s, o as u64));
+    assert_eq!(
+        bad, None,
+        "stream {s}: first byte that differs from what was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_passes_on_a_fresh_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path())).await.unwrap();
+    store.ready().await.unwrap();
+    run_all(&store).await;
+    run_all(&store).await;
+    let mut metrics = String::new();
+    store.write_metrics(&mut metrics);
+    assert!(
+        metrics.contains("# TYPE engine_gateway_store_fsync_seconds histogram"),
+        "{metrics}"
+    );
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    let err = store
+        .append(&sid("late"), 0, Bytes::new(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Unavailable,
+        "append after close: {err}"
+    );
+    assert!(store.ready().await.is_err(), "not ready after close");
+    let segments = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .count();
+    assert!(
+        segments > 1,
+        "the suite writes more than one 256 KiB segment"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path())).await.unwrap();
+    let big: Vec<u8> = (0..300_000u64).map(|o| content(1, o)).collect();
+    for piece in big.chunks(70_000) {
+        let at = store.head(&sid("big")).await.map_or(0, |i| i.length);
+        store
+            .append(&sid("big"), at, Bytes::copy_from_slice(piece), false)
+            .await
+            .unwrap();
+    }
+    store
+        .append(&sid("sealed"), 0, Bytes::from_static(b"done"), true)
+        .await
+        .unwrap();
+    store
+        .append(&sid("gone"), 0, Bytes::from_static(b"x"), false)
+        .await
+        .unwrap();
+    store.delete(&sid("gone")).await.unwrap();
+    store
+        .append(&sid("again"), 0, Bytes::from_static(b"old"), false)
+        .await
+        .unwrap();
+    store.delete(&sid("again")).await.unwrap();
+    store
+        .append(&sid("again"), 0, Bytes::from_static(b"new!"), false)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(config(dir.path())).await.unwrap();
+    assert_eq!(store.recovery().truncated_bytes, 0);
+    assert_eq!(read_to_end(&store, &sid("big"), "big").await, big);
+    let sealed = store.head(&sid("sealed")).await.unwrap();
+    assert_eq!((sealed.length, sealed.sealed), (4, true));
+    assert_eq!(
+        store.head(&sid("gone")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(read_to_end(&store, &sid("again"), "again").await, b"new!");
+    // a stream created after reopening gets a fresh key and sees no old bytes
+    store
+        .append(&sid("fresh"), 0, Bytes::from_static(b"f"), false)
+        .await
+        .unwrap();
+    assert_eq!(read_to_end(&store, &sid("fresh"), "fresh").await, b"f");
+    let ids: Vec<String> = store
+        .list("org/cluster/", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "org/cluster/again",
+            "org/cluster/big",
+            "org/cluster/fresh",
+            "org/cluster/sealed"
+        ]
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_log_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path())).await.unwrap();
+    store
+        .append(&sid("a"), 0, Bytes::from_static(b"intact"), false)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let last = last_segment(dir.path());
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    file.write_all(&[0xAB; 100]).unwrap();
+    drop(file);
+
+    let store = open(config(dir.path())).await.unwrap();
+    assert_eq!(store.recovery().truncated_bytes, 100, "the garbage is cut");
+    assert_eq!(read_to_end(&store, &sid("a"), "a").await, b"intact");
+    store
+        .append(&sid("a"), 6, Bytes::from_static(b"+more"), false)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(config(dir.path())).await.unwrap();
+    assert_eq!(store.recovery().truncated_bytes, 0);
+    assert_eq!(read_to_end(&store, &sid("a"), "a").await, b"intact+more");
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_open_of_a_directory_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(config(dir.path())).await.unwrap();
+    let err = open(config(dir.path())).await.err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.close().await.unwrap();
+    drop(first);
+    let second = open(config(dir.path())).await.unwrap();
+    second.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_kill_starts_at_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_child(dir.path(), "replay");
+    let (acks, _child) = read_acks(child, |line| line == "DONE");
+    let store = open(config(dir.path())).await.unwrap();
+    let recovery = store.recovery();
+    // the child checkpoints every 10 batches: only the batches since the last one are replayed
+    assert!(
+        (1..=30).contains(&recovery.records),
+        "replayed {recovery:?}"
+    );
+    verify(&store, &acks).await;
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_record_after_kill_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_child(dir.path(), "replay");
+    let (mut acks, _child) = read_acks(child, |line| line == "DONE");
+    let last = last_segment(dir.path());
+    let len = std::fs::metadata(&last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let store = open(config(dir.path())).await.unwrap();
+    assert!(
+        store.recovery().truncated_bytes > 0,
+        "{:?}",
+        store.recovery()
+    );
+    // the last append was cut in half: its stream ends where it began, the others are intact
+    let (s, _) = acks.pop().unwrap();
+    let info = store.head(&sid(&format!("s{s}"))).await.unwrap();
+    let data = read_to_end(&store, &sid(&format!("s{s}")), "torn").await;
+    check_content(s, &data);
+    verify(&store, &acks).await;
+    let next: Vec<u8> = (info.length..info.length + 10)
+        .map(|o| content(s, o))
+        .collect();
+    store
+        .append(
+            &sid(&format!("s{s}")),
+            info.length,
+            Bytes::from(next),
+            false,
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_bytes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all_acks = Vec::new();
+    for kill_after in [3, 40, 150, 17] {
+        let child = spawn_child(dir.path(), "crash");
+        let mut seen = 0;
+        let (acks, _child) = read_acks(child, |_| {
+            seen += 1;
+            seen >= kill_after
+        });
+        all_acks.extend(acks);
+        let store = open(config(dir.path())).await.unwrap();
+        verify(&store, &all_acks).await;
+        store.close().await.unwrap();
+    }
+}
+
+/// Not a test of its own: the body of the child process the crash tests run (it does nothing
+/// unless started by them with [`CHILD_DIR`] set).
+#[test]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR) else {
+        return;
+    };
+    let mode = std::env::var(CHILD_MODE).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(child_main(PathBuf::from(dir), mode));
+}
+
+async fn child_main(dir: PathBuf, mode: String) {
+    let config = EmbeddedConfig {
+        checkpoint_batches: 10,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..config(&dir)
+    };
+    let store = Arc::new(open(config).await.unwrap());
+    let replay = mode == "replay";
+    let streams = if replay { 3 } else { 4 };
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = sid(&format!("s{s}"));
+            let mut offset = store.head(&id).await.map_or(0, |i| i.length);
+            let rounds = if replay { 31 } else { u64::MAX };
+            for round in 0..rounds {
+                let len = 1 + (round * 7919 + s as u64 * 104_729) % 65_536;
+                let data: Vec<u8> = (offset..offset + len).map(|o| content(s, o)).collect();
+                offset = store
+                    .append(&id, offset, Bytes::from(data), false)
+                    .await
+                    .unwrap()
+                    .offset;
+                {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "ACK {s} {offset}").unwrap();
+                    out.flush().unwrap();
+                }
+                if replay {
+                    // one append per batch, in a known order, for the replay tests
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+        if replay {
+            tasks.pop().unwrap().await.unwrap();
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "DONE").unwrap();
+    out.flush().unwrap();
+    drop(out);
+    // wait to be killed, without closing the store
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+fn spawn_child(dir: &Path, mode: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, dir)
+        .env(CHILD_MODE, mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads `ACK stream offset` lines until `stop` says so, then SIGKILLs the child. Returns the
+/// acknowledgements in order.
+fn read_acks(mut child: Child, mut stop: impl FnMut(&str) -> bool) -> (Vec<(usize, u64)>, Child) {
+    let stdout = child.stdout.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut acks = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            let (s, o) = rest.split_once(' ').unwrap();
+            acks.push((s.parse().unwrap(), o.parse().unwrap()));
+        } else if line != "DONE" {
+            continue;
+        }
+        if stop(&line) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "child too slow");
+    }
+    assert!(!acks.is_empty(), "the child acknowledged nothing");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (acks, child)
+}
+
+/// Every acknowledged offset is within the recovered stream, whose bytes are the ones written.
+async fn verify(store: &EmbeddedStore, acks: &[(usize, u64)]) {
+    let mut max = std::collections::BTreeMap::new();
+    for &(s, offset) in acks {
+        let m = max.entry(s).or_insert(0);
+        *m = offset.max(*m);
+    }
+    for (s, acked) in max {
+        let data = read_to_end(store, &sid(&format!("s{s}")), "verify").await;
+        assert!(
+            data.len() as u64 >= acked,
+            "stream {s}: acknowledged {acked}, recovered {}",
+            data.len()
+        );
+        check_content(s, &data);
+    }
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
+
+/// Throughput of 64 KiB appends from 1 and 64 tasks; runs only with
+/// `ENGINE_GATEWAY_STORE_BENCH=1` (slow, and its figures mean something only on a quiet machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput() {
+    if std::env::var_os("ENGINE_GATEWAY_STORE_BENCH").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(EmbeddedConfig::new(dir.path())).await.unwrap());
+    let chunk = Bytes::from(vec![7u8; 64 << 10]);
+    for tasks in [1usize, 64] {
+        let fsyncs_before = fsyncs(&store);
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let (store, chunk) = (store.clone(), chunk.clone());
+            handles.push(tokio::spawn(async move {
+                let id = sid(&format!("bench-{tasks}-{t}"));
+                let mut offset = 0;
+                while started.elapsed() < Duration::from_secs(3) {
+                    offset = store
+                        .append(&id, offset, chunk.clone(), false)
+                        .await
+                        .unwrap()
+                        .offset;
+                }
+                offset
+            }));
+        }
+        let mut bytes = 0;
+        for handle in handles {
+            bytes += handle.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let syncs = fsyncs(&store) - fsyncs_before;
+        assert!(bytes > 0 && syncs > 0);
+        println!(
+            "{tasks} task(s): {:.1} MiB/s, {:.0} fsyncs/s, {:.1} appends per fsync",
+            bytes as f64 / secs / (1 << 20) as f64,
+            syncs as f64 / secs,
+            (bytes / (64 << 10)) as f64 / syncs as f64
+        );
+    }
+    store.close().await.unwrap();
+}
+
+fn fsyncs(store: &EmbeddedStore) -> u64 {
+    let mut out = String::new();
+    store.write_metrics(&mut out);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("engine_gateway_store_fsyncs_total "))
+        .unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
