@@ -27,7 +27,10 @@ impl ByteBudget {
     /// A budget of `total` bytes (clamped to what a semaphore can count).
     pub fn new(total: usize) -> Self {
         let total = total.clamp(1, Semaphore::MAX_PERMITS);
-        ByteBudget { semaphore: Arc::new(Semaphore::new(total)), total }
+        ByteBudget {
+            semaphore: Arc::new(Semaphore::new(total)),
+            total,
+        }
     }
 
     /// Waits for `bytes` of budget, at most `patience`. `None` means the gateway is overloaded.
@@ -38,7 +41,9 @@ impl ByteBudget {
         }
         let acquire = Arc::clone(&self.semaphore).acquire_many_owned(bytes);
         match tokio::time::timeout(patience, acquire).await {
-            Ok(Ok(permit)) => Some(Reservation { permit: Some(permit) }),
+            Ok(Ok(permit)) => Some(Reservation {
+                permit: Some(permit),
+            }),
             // Closed never happens (we never close it); treat like overload.
             Ok(Err(_)) | Err(_) => None,
         }
@@ -79,6 +84,11 @@ mod tests {
         drop(a);
         assert_eq!(budget.in_use(), 0);
         // Larger than the whole budget: clamped, so it can still be served alone.
-        assert!(budget.reserve(1000, Duration::from_millis(10)).await.is_some());
+        assert!(
+            budget
+                .reserve(1000, Duration::from_millis(10))
+                .await
+                .is_some()
+        );
     }
 }

@@ -60,7 +60,12 @@ pub enum TokenCommand {
 #[derive(Debug, Args)]
 pub struct DataDirArg {
     /// The gateway's data directory.
-    #[arg(long, env = "ENGINE_GATEWAY_DATA_DIR", value_name = "DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "ENGINE_GATEWAY_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./data"
+    )]
     pub data_dir: PathBuf,
 }
 
@@ -112,7 +117,7 @@ pub struct PushArgs {
     pub seal: bool,
     /// Bytes per PATCH request before a new one starts (bounds what a retry resends).
     #[arg(long, default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
-    pub request_bytes: u64,
+    pub request_bytes: usize,
     /// File to send, or - for stdin.
     #[arg(default_value = "-")]
     pub input: PathBuf,

@@ -5,12 +5,15 @@ use std::process::ExitCode;
 use std::path::Path;
 
 use anyhow::Context;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
-use crate::cli::{CatArgs, PushArgs, ServeArgs, TokenCommand};
+use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand};
+use crate::client::{self, BaseUrl, CatOptions, ClientError, Input, PushOptions};
 use crate::config::{Config, Overrides};
+use crate::stream_id::StreamId;
 
 /// `engine-gateway serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -60,9 +63,19 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Create(args) => {
             let role: Role = args.role.parse().map_err(anyhow::Error::msg)?;
-            let ttl = args.ttl.as_deref().map(parse_ttl).transpose().map_err(anyhow::Error::msg)?;
+            let ttl = args
+                .ttl
+                .as_deref()
+                .map(parse_ttl)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let store = open_tokens(&args.data_dir.data_dir).await?;
-            let new = NewToken { org: args.org, cluster: args.cluster, role, ttl };
+            let new = NewToken {
+                org: args.org,
+                cluster: args.cluster,
+                role,
+                ttl,
+            };
             let (record, secret) = store.create(new).await.context("creating the token")?;
             eprintln!("created token {} ({})", record.id, describe(&record));
             println!("{}", secret.expose());
@@ -70,7 +83,10 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::List(args) => {
             let store = open_tokens(&args.data_dir).await?;
             let records = store.list().await.context("listing tokens")?;
-            println!("{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  STATE", "ID", "ROLE", "ORG", "CLUSTER", "CREATED", "EXPIRES");
+            println!(
+                "{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  STATE",
+                "ID", "ROLE", "ORG", "CLUSTER", "CREATED", "EXPIRES"
+            );
             let now = crate::store::unix_now();
             for r in records {
                 let state = match (r.revoked, r.is_expired_at(now)) {
@@ -85,13 +101,17 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                     r.org.as_deref().unwrap_or("*"),
                     r.cluster.as_deref().unwrap_or("*"),
                     r.created,
-                    r.expires.map_or_else(|| "never".to_string(), |e| e.to_string()),
+                    r.expires
+                        .map_or_else(|| "never".to_string(), |e| e.to_string()),
                 );
             }
         }
         TokenCommand::Revoke(args) => {
             let store = open_tokens(&args.data_dir.data_dir).await?;
-            let record = store.revoke(&args.id).await.with_context(|| format!("revoking token {}", args.id))?;
+            let record = store
+                .revoke(&args.id)
+                .await
+                .with_context(|| format!("revoking token {}", args.id))?;
             eprintln!("revoked token {} ({})", record.id, describe(&record));
         }
     }
@@ -99,7 +119,9 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn open_tokens(data_dir: &Path) -> anyhow::Result<FileTokenStore> {
-    FileTokenStore::open(data_dir).await.with_context(|| format!("opening tokens in {}", data_dir.display()))
+    FileTokenStore::open(data_dir)
+        .await
+        .with_context(|| format!("opening tokens in {}", data_dir.display()))
 }
 
 fn describe(r: &TokenRecord) -> String {
@@ -116,10 +138,52 @@ fn describe(r: &TokenRecord) -> String {
     text
 }
 
-pub async fn push(_args: PushArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("pending")
+/// `engine-gateway push`: resumable upload of a file or stdin.
+pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let (url, stream) = target(&args.client)?;
+    let input = if args.input.as_os_str() == "-" {
+        Input::Stdin
+    } else {
+        Input::File(args.input)
+    };
+    let mut options = PushOptions::new(url, args.client.token, stream, input);
+    options.seal = args.seal;
+    options.request_bytes = args.request_bytes;
+    options.progress = true;
+    Ok(match client::push(options).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => client_failure(&err),
+    })
 }
 
-pub async fn cat(_args: CatArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("pending")
+/// `engine-gateway cat`: a stream to stdout, following it when asked.
+pub async fn cat(args: CatArgs) -> anyhow::Result<ExitCode> {
+    let (url, stream) = target(&args.client)?;
+    let mut options = CatOptions::new(url, args.client.token, stream);
+    options.offset = args.offset;
+    options.follow = args.follow;
+    let mut stdout = tokio::io::stdout();
+    let result = client::cat(options, &mut stdout).await;
+    let _ = stdout.flush().await;
+    Ok(match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => client_failure(&err),
+    })
+}
+
+fn target(args: &ClientArgs) -> anyhow::Result<(BaseUrl, StreamId)> {
+    let url: BaseUrl = args
+        .url
+        .parse()
+        .with_context(|| format!("--url {:?}", args.url))?;
+    let stream: StreamId = args
+        .stream
+        .parse()
+        .with_context(|| format!("--stream {:?}", args.stream))?;
+    Ok((url, stream))
+}
+
+fn client_failure(err: &ClientError) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(1))
 }

@@ -79,11 +79,17 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let listen = overrides.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen
-            .parse()
-            .with_context(|| format!("listen address {listen:?} is not IP:PORT (e.g. 127.0.0.1:8080)"))?;
-        let data_dir = overrides.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let listen = overrides
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen.parse().with_context(|| {
+            format!("listen address {listen:?} is not IP:PORT (e.g. 127.0.0.1:8080)")
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let limits = file.limits;
         let mut server = ServerLimits::default();
         let mut handler = HandlerLimits::default();
@@ -105,8 +111,18 @@ impl Config {
         if let Some(s) = limits.body_timeout_secs {
             handler.body_timeout = Duration::from_secs(s);
         }
-        let inflight_bytes = overrides.inflight_bytes.or(limits.inflight_bytes).unwrap_or(DEFAULT_INFLIGHT_BYTES);
-        let config = Config { listen, data_dir, server, handler, inflight_bytes, jwt: file.jwt };
+        let inflight_bytes = overrides
+            .inflight_bytes
+            .or(limits.inflight_bytes)
+            .unwrap_or(DEFAULT_INFLIGHT_BYTES);
+        let config = Config {
+            listen,
+            data_dir,
+            server,
+            handler,
+            inflight_bytes,
+            jwt: file.jwt,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -122,7 +138,10 @@ impl Config {
             bail!("chunk_bytes must be between 4 KiB and 4 MiB");
         }
         if self.inflight_bytes < self.handler.chunk_bytes {
-            bail!("inflight_bytes must be at least chunk_bytes ({})", self.handler.chunk_bytes);
+            bail!(
+                "inflight_bytes must be at least chunk_bytes ({})",
+                self.handler.chunk_bytes
+            );
         }
         for (name, d) in [
             ("header_timeout_secs", self.server.header_timeout),
@@ -137,7 +156,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
@@ -166,10 +186,18 @@ mod tests {
         assert_eq!(config.handler.body_timeout, Duration::from_secs(3));
 
         std::fs::write(&file, "[limits]\nmax_conections = 7\n").unwrap();
-        let err = Config::load(Overrides { config: Some(file.clone()), ..Overrides::default() }).unwrap_err();
+        let err = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
         assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
 
-        let err = Config::load(Overrides { listen: Some("nope".into()), ..Overrides::default() }).unwrap_err();
+        let err = Config::load(Overrides {
+            listen: Some("nope".into()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("not IP:PORT"));
         let defaults = Config::load(Overrides::default()).unwrap();
         assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);

@@ -16,28 +16,47 @@ use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 
 /// Runs the gateway on `listener` until `shutdown` turns true; then drains connections and
 /// makes everything received durable before returning.
-pub async fn run(config: Config, listener: TcpListener, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let store_dir = data_dir.join("store");
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(EmbeddedConfig::new(store_dir)))
-        .await
-        .context("store opening task failed")?
-        .context("opening the embedded store")?;
+    let store =
+        tokio::task::spawn_blocking(move || EmbeddedStore::open(EmbeddedConfig::new(store_dir)))
+            .await
+            .context("store opening task failed")?
+            .context("opening the embedded store")?;
     let store: Arc<dyn Store> = Arc::new(store);
 
-    let tokens: Arc<dyn TokenStore> =
-        Arc::new(FileTokenStore::open(&data_dir).await.context("opening the token store")?);
-    if let Some(path) = bootstrap_admin(tokens.as_ref(), &data_dir).await.context("creating the first admin token")? {
+    let tokens: Arc<dyn TokenStore> = Arc::new(
+        FileTokenStore::open(&data_dir)
+            .await
+            .context("opening the token store")?,
+    );
+    if let Some(path) = bootstrap_admin(tokens.as_ref(), &data_dir)
+        .await
+        .context("creating the first admin token")?
+    {
         tracing::info!(path = %path.display(), "no tokens yet: created an admin token, its secret is in this file");
     }
-    let jwt = match &config.jwt {
-        Some(jwt) => Some(
-            JwtVerifier::from_pem_file(&jwt.public_key, jwt.audience.clone(), jwt.issuer.clone())
-                .with_context(|| format!("loading the JWT public key {}", jwt.public_key.display()))?,
-        ),
-        None => None,
-    };
+    let jwt =
+        match &config.jwt {
+            Some(jwt) => Some(
+                JwtVerifier::from_pem_file(
+                    &jwt.public_key,
+                    jwt.audience.clone(),
+                    jwt.issuer.clone(),
+                )
+                .with_context(|| {
+                    format!("loading the JWT public key {}", jwt.public_key.display())
+                })?,
+            ),
+            None => None,
+        };
     let auth = Arc::new(Authenticator::new(tokens, jwt));
 
     let metrics = Arc::new(Metrics::default());
@@ -49,11 +68,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: watch::Receive
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),
     });
-    let address = listener.local_addr().context("reading the listening address")?;
+    let address = listener
+        .local_addr()
+        .context("reading the listening address")?;
     tracing::info!(%address, data_dir = %data_dir.display(), "engine-gateway listening");
-    http::server::serve(listener, http::app(state), config.server.clone(), metrics, shutdown)
-        .await
-        .context("serving HTTP")?;
+    http::server::serve(
+        listener,
+        http::app(state),
+        config.server.clone(),
+        metrics,
+        shutdown,
+    )
+    .await
+    .context("serving HTTP")?;
     store.close().await.context("closing the store")?;
     tracing::info!("stopped; everything acknowledged is durable");
     Ok(())

@@ -4,12 +4,13 @@
 
 pub mod auth;
 pub mod budget;
-pub mod http;
-pub mod metrics;
-pub mod store;
-pub mod stream_id;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod gateway;
+pub mod http;
 pub mod logging;
+pub mod metrics;
+pub mod store;
+pub mod stream_id;

@@ -1,15 +1,34 @@
 //! The `engine-gateway` binary: parses the command line and runs the library.
+//!
+//! `main` is a plain function on purpose: the backtrace policy must be applied while the
+//! process has one thread, before the async runtime exists (see memwatch).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
 use engine_gateway::cli::{Cli, Command};
+use engine_gateway::commands;
+
+/// jemalloc, counted at the allocator, with sampled heap profiling on by default.
+#[global_allocator]
+static GLOBAL: memwatch::Allocator = memwatch::Allocator::new();
+memwatch::malloc_conf!();
 
 fn main() -> ExitCode {
+    let policy = memwatch::apply_backtrace_policy();
     let cli = Cli::parse();
-    engine_gateway::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let serving = matches!(cli.command, Command::Serve(_));
+    engine_gateway::logging::init(if serving { "info" } else { "warn" });
+    if serving {
+        tracing::info!(%policy, "backtrace policy");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_stop(memwatch::flush_thread)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -18,12 +37,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => engine_gateway::commands::serve(args).await,
-            Command::Token(command) => engine_gateway::commands::token(command).await,
-            Command::Push(args) => engine_gateway::commands::push(args).await,
-            Command::Cat(args) => engine_gateway::commands::cat(args).await,
+            Command::Serve(args) => commands::serve(args).await,
+            Command::Token(command) => commands::token(command).await,
+            Command::Push(args) => commands::push(args).await,
+            Command::Cat(args) => commands::cat(args).await,
         }
     });
+    // A blocking stdin read may still be parked in the runtime; do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(code) => code,
         Err(err) => {

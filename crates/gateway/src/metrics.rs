@@ -32,12 +32,13 @@ const ROUTES: [(Route, &str); 8] = [
 ];
 
 /// Status codes counted separately; anything else is counted as its class (`2xx` ...).
-const STATUSES: [u16; 17] =
-    [200, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 416, 429, 431, 500, 503, 0];
+const STATUSES: [u16; 17] = [
+    200, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 416, 429, 431, 500, 503, 0,
+];
 const OTHER_STATUS: usize = STATUSES.len() - 1;
 
 /// Stable error codes, as a metric label (see `http::error`).
-pub const ERROR_CODES: [&str; 26] = [
+pub const ERROR_CODES: [&str; 27] = [
     "invalid_stream_id",
     "invalid_offset",
     "missing_offset",
@@ -47,6 +48,7 @@ pub const ERROR_CODES: [&str; 26] = [
     "stream_sealed",
     "offset_out_of_range",
     "unsupported_media_type",
+    "payload_too_large",
     "missing_token",
     "malformed_token",
     "invalid_token",
@@ -67,8 +69,9 @@ pub const ERROR_CODES: [&str; 26] = [
 ];
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
 
 /// A Prometheus histogram of durations.
 #[derive(Default)]
@@ -86,7 +89,10 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.sum_nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
     }
 
     fn write(&self, out: &mut String, name: &str, help: &str) {
@@ -121,59 +127,97 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn request(&self, route: Route, status: u16, elapsed: Duration) {
-        let r = ROUTES.iter().position(|(x, _)| *x == route).unwrap_or(ROUTES.len() - 1);
-        let s = STATUSES.iter().position(|&x| x == status).unwrap_or(OTHER_STATUS);
+        let r = ROUTES
+            .iter()
+            .position(|(x, _)| *x == route)
+            .unwrap_or(ROUTES.len() - 1);
+        let s = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(OTHER_STATUS);
         self.requests[r][s].fetch_add(1, Relaxed);
         self.request_latency.observe(elapsed);
     }
 
     pub fn error(&self, code: &str) {
-        let i = ERROR_CODES.iter().position(|&c| c == code).unwrap_or(ERROR_CODES.len() - 1);
+        let i = ERROR_CODES
+            .iter()
+            .position(|&c| c == code)
+            .unwrap_or(ERROR_CODES.len() - 1);
         self.errors[i].fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition of everything above.
     pub fn write(&self, out: &mut String) {
         let name = "engine_gateway_requests_total";
-        let _ = writeln!(out, "# HELP {name} HTTP requests answered\n# TYPE {name} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP requests answered\n# TYPE {name} counter"
+        );
         for ((_, route), row) in ROUTES.iter().zip(&self.requests) {
             for (&status, n) in STATUSES.iter().zip(row) {
                 let n = n.load(Relaxed);
                 if n > 0 {
-                    let status = if status == 0 { "other".into() } else { status.to_string() };
+                    let status = if status == 0 {
+                        "other".into()
+                    } else {
+                        status.to_string()
+                    };
                     let _ = writeln!(out, "{name}{{route=\"{route}\",status=\"{status}\"}} {n}");
                 }
             }
         }
         let name = "engine_gateway_errors_total";
-        let _ = writeln!(out, "# HELP {name} error answers by code\n# TYPE {name} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {name} error answers by code\n# TYPE {name} counter"
+        );
         for (code, n) in ERROR_CODES.iter().zip(&self.errors) {
             let _ = writeln!(out, "{name}{{code=\"{code}\"}} {}", n.load(Relaxed));
         }
         for (name, help, value) in [
-            ("appended_bytes_total", "bytes committed by appends", &self.appended_bytes),
-            ("read_bytes_total", "bytes sent to readers", &self.read_bytes),
-            ("rejected_connections_total", "connections refused at the cap", &self.rejected_connections),
+            (
+                "appended_bytes_total",
+                "bytes committed by appends",
+                &self.appended_bytes,
+            ),
+            (
+                "read_bytes_total",
+                "bytes sent to readers",
+                &self.read_bytes,
+            ),
+            (
+                "rejected_connections_total",
+                "connections refused at the cap",
+                &self.rejected_connections,
+            ),
         ] {
             let name = format!("engine_gateway_{name}");
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Relaxed));
         }
         let name = "engine_gateway_open_connections";
-        let _ = writeln!(out, "# HELP {name} client connections open\n# TYPE {name} gauge");
+        let _ = writeln!(
+            out,
+            "# HELP {name} client connections open\n# TYPE {name} gauge"
+        );
         let _ = writeln!(out, "{name} {}", self.open_connections.load(Relaxed));
         self.append_latency.write(
             out,
             "engine_gateway_append_seconds",
             "time from handing a chunk to the store to its durable commit",
         );
-        self.request_latency.write(out, "engine_gateway_request_seconds", "request durations");
+        self.request_latency
+            .write(out, "engine_gateway_request_seconds", "request durations");
     }
 }
 
 /// Writes one gauge with its HELP and TYPE lines.
 pub fn write_gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
 }
 
 #[cfg(test)]

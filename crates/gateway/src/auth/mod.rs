@@ -167,4 +167,3 @@ mod tests {
         assert!(principal(Role::Admin, None, None).may_list(""));
     }
 }
-

@@ -23,7 +23,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), offset: None, sealed: false, retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            offset: None,
+            sealed: false,
+            retry_after: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -56,6 +63,7 @@ impl From<StoreError> for ApiError {
             ErrorKind::Sealed => (StatusCode::CONFLICT, "stream_sealed"),
             ErrorKind::InvalidOffset => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range"),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let mut api = ApiError::new(status, code, err.to_string());
@@ -75,7 +83,8 @@ impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         if err.is_unavailable() {
             tracing::error!(error = %err, "token store failed");
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string()).retry_after(1);
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.code(), err.to_string())
+                .retry_after(1);
         }
         ApiError::new(StatusCode::UNAUTHORIZED, err.code(), err.to_string())
     }
@@ -92,7 +101,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": self.code, "message": self.message }).to_string();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(offset) = self.offset {
             headers.insert("stream-offset", HeaderValue::from(offset));
         }

@@ -4,6 +4,7 @@
 //! so tests can drive it with `oneshot`. Limits that need the socket (connection cap, header
 //! timeout, header size) live in `server`.
 
+mod debug;
 mod error;
 mod ops;
 mod query;
@@ -64,13 +65,17 @@ pub struct AppState {
 
 /// The router of the whole API.
 pub fn app(state: Arc<AppState>) -> Router {
-    let stream_routes = get(streams::read).head(streams::head).patch(streams::append).delete(streams::delete);
+    let stream_routes = get(streams::read)
+        .head(streams::head)
+        .patch(streams::append)
+        .delete(streams::delete);
     Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{*id}", stream_routes)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/debug/memory", get(debug::memory))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
@@ -82,7 +87,11 @@ async fn fallback() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
 }
 
 /// Counts every answer by route, status and error code.

@@ -17,11 +17,17 @@ impl Query {
         let mut pairs = Vec::new();
         for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             if pairs.len() == MAX_PAIRS {
-                return Err(ApiError::bad_request("invalid_query", "too many query parameters"));
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "too many query parameters",
+                ));
             }
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let (Some(key), Some(value)) = (percent_decode(key), percent_decode(value)) else {
-                return Err(ApiError::bad_request("invalid_query", "query is not valid percent-encoded UTF-8"));
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "query is not valid percent-encoded UTF-8",
+                ));
             };
             pairs.push((key.into_owned(), value.into_owned()));
         }
@@ -30,15 +36,26 @@ impl Query {
 
     /// The last value given for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn u64(&self, key: &'static str) -> Result<Option<u64>, ApiError> {
         self.get(key)
             .map(|v| {
                 parse_u64(v).ok_or_else(|| {
-                    let code = if key == "offset" { "invalid_offset" } else { "invalid_query" };
-                    ApiError::bad_request(code, format!("{key} must be a decimal integer below 2^64"))
+                    let code = if key == "offset" {
+                        "invalid_offset"
+                    } else {
+                        "invalid_query"
+                    };
+                    ApiError::bad_request(
+                        code,
+                        format!("{key} must be a decimal integer below 2^64"),
+                    )
                 })
             })
             .transpose()
@@ -47,7 +64,9 @@ impl Query {
     pub fn bool(&self, key: &'static str) -> Result<Option<bool>, ApiError> {
         self.get(key)
             .map(|v| {
-                parse_bool(v).ok_or_else(|| ApiError::bad_request("invalid_query", format!("{key} must be true or false")))
+                parse_bool(v).ok_or_else(|| {
+                    ApiError::bad_request("invalid_query", format!("{key} must be true or false"))
+                })
             })
             .transpose()
     }
@@ -122,14 +141,30 @@ mod tests {
 
     #[test]
     fn query() {
-        let q = Query::parse(Some("prefix=acme%2Fprod%2F&offset=10&follow=true&offset=12")).unwrap();
+        let q = Query::parse(Some(
+            "prefix=acme%2Fprod%2F&offset=10&follow=true&offset=12",
+        ))
+        .unwrap();
         assert_eq!(q.get("prefix"), Some("acme/prod/"));
         assert_eq!(q.u64("offset").unwrap(), Some(12));
         assert_eq!(q.bool("follow").unwrap(), Some(true));
         assert_eq!(q.u64("limit").unwrap(), None);
-        assert_eq!(Query::parse(Some("offset=x")).unwrap().u64("offset").unwrap_err().code, "invalid_offset");
-        assert_eq!(Query::parse(Some("a=%zz")).err().unwrap().code, "invalid_query");
-        assert_eq!(Query::parse(Some("a=%ff")).err().unwrap().code, "invalid_query");
+        assert_eq!(
+            Query::parse(Some("offset=x"))
+                .unwrap()
+                .u64("offset")
+                .unwrap_err()
+                .code,
+            "invalid_offset"
+        );
+        assert_eq!(
+            Query::parse(Some("a=%zz")).err().unwrap().code,
+            "invalid_query"
+        );
+        assert_eq!(
+            Query::parse(Some("a=%ff")).err().unwrap().code,
+            "invalid_query"
+        );
         assert!(Query::parse(None).unwrap().get("x").is_none());
     }
 }

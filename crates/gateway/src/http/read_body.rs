@@ -23,8 +23,11 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(5);
 /// byte budget, so slow readers cannot make the gateway hold more than the budget allows.
 pub struct ReadBody {
     reader: Option<Reader>,
-    pending: Option<Pin<Box<dyn Future<Output = (Reader, Option<io::Result<Bytes>>)> + Send>>>,
+    pending: Option<NextChunk>,
 }
+
+/// The reader's `next` in progress: gives the reader back with the chunk (or the end).
+type NextChunk = Pin<Box<dyn Future<Output = (Reader, Option<io::Result<Bytes>>)> + Send>>;
 
 struct Reader {
     state: Arc<AppState>,
@@ -38,7 +41,16 @@ struct Reader {
 
 impl ReadBody {
     pub fn new(state: Arc<AppState>, id: StreamId, offset: u64, follow: bool) -> Self {
-        ReadBody { reader: Some(Reader { state, id, offset, follow, held: None }), pending: None }
+        ReadBody {
+            reader: Some(Reader {
+                state,
+                id,
+                offset,
+                follow,
+                held: None,
+            }),
+            pending: None,
+        }
     }
 }
 
@@ -53,11 +65,20 @@ impl Reader {
         let chunk_bytes = self.state.limits.chunk_bytes;
         let mut shutdown = self.state.shutdown.clone();
         loop {
-            let Some(reservation) = self.state.budget.reserve(chunk_bytes, self.state.limits.budget_patience).await
+            let Some(reservation) = self
+                .state
+                .budget
+                .reserve(chunk_bytes, self.state.limits.budget_patience)
+                .await
             else {
                 return Some(Err(io::Error::other("memory budget exhausted")));
             };
-            let chunk = match self.state.store.read(&self.id, self.offset, chunk_bytes).await {
+            let chunk = match self
+                .state
+                .store
+                .read(&self.id, self.offset, chunk_bytes)
+                .await
+            {
                 Ok(chunk) => chunk,
                 // Deleted while being read: the body ends.
                 Err(err) if err.kind() == ErrorKind::NotFound => return None,
@@ -68,7 +89,10 @@ impl Reader {
             };
             if !chunk.data.is_empty() {
                 self.offset += chunk.data.len() as u64;
-                self.state.metrics.read_bytes.fetch_add(chunk.data.len() as u64, Relaxed);
+                self.state
+                    .metrics
+                    .read_bytes
+                    .fetch_add(chunk.data.len() as u64, Relaxed);
                 self.held = Some(reservation);
                 return Some(Ok(chunk.data));
             }
@@ -95,13 +119,20 @@ impl http_body::Body for ReadBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         let this = &mut *self;
         if this.pending.is_none() {
-            let Some(reader) = this.reader.take() else { return Poll::Ready(None) };
+            let Some(reader) = this.reader.take() else {
+                return Poll::Ready(None);
+            };
             this.pending = Some(Box::pin(reader.next()));
         }
-        let Some(pending) = this.pending.as_mut() else { return Poll::Ready(None) };
+        let Some(pending) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
         match pending.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready((reader, item)) => {

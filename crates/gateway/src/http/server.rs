@@ -41,9 +41,16 @@ impl Default for ServerLimits {
 }
 
 /// What a connection over the cap is told before it is closed.
-const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 70\r\n\r\n\
-{\"error\":\"too_many_connections\",\"message\":\"too many connections, retry\"}";
+const TOO_MANY_CONNECTIONS_BODY: &str = r#"{"error":"too_many_connections","message":"the gateway serves as many connections as it may; retry later"}"#;
+
+fn too_many_connections() -> String {
+    let body = TOO_MANY_CONNECTIONS_BODY;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
 
 /// Serves `router` on `listener` until `shutdown` turns true, then stops accepting, lets
 /// in-flight requests finish (at most `drain_timeout`), and returns.
@@ -97,19 +104,28 @@ pub async fn serve(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(connections = connections.len(), "drain deadline passed, closing connections");
+        tracing::warn!(
+            connections = connections.len(),
+            "drain deadline passed, closing connections"
+        );
         connections.shutdown().await;
     }
     Ok(())
 }
 
-async fn serve_connection(stream: TcpStream, router: Router, limits: &ServerLimits, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    limits: &ServerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let service = TowerToHyperService::new(router);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -133,7 +149,7 @@ pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 
 async fn reject(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+        let _ = stream.write_all(too_many_connections().as_bytes()).await;
         let _ = stream.shutdown().await;
     })
     .await;
@@ -143,7 +159,7 @@ async fn reject(mut stream: TcpStream) {
 mod tests {
     #[test]
     fn canned_answer_length_is_right() {
-        let text = std::str::from_utf8(super::TOO_MANY_CONNECTIONS).unwrap();
+        let text = super::too_many_connections();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("content-length: {}", body.len())));
     }

@@ -10,10 +10,10 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 
+use super::AppState;
 use super::error::ApiError;
 use super::query::{Query, parse_bool, parse_u64};
 use super::read_body::ReadBody;
-use super::AppState;
 use crate::auth::{Action, Principal};
 use crate::budget::Reservation;
 use crate::store::Appended;
@@ -52,9 +52,17 @@ pub async fn append(
     let (_, id) = state.authorize(&headers, &raw, Action::Append).await?;
     check_content_type(&headers)?;
     let offset = match headers.get("stream-offset") {
-        None => return Err(ApiError::bad_request("missing_offset", "Stream-Offset header is required")),
+        None => {
+            return Err(ApiError::bad_request(
+                "missing_offset",
+                "Stream-Offset header is required",
+            ));
+        }
         Some(value) => parse_u64(value.to_str().unwrap_or("")).ok_or_else(|| {
-            ApiError::bad_request("invalid_offset", "Stream-Offset must be a decimal integer below 2^64")
+            ApiError::bad_request(
+                "invalid_offset",
+                "Stream-Offset must be a decimal integer below 2^64",
+            )
         })?,
     };
     let seal = match headers.get("stream-seal") {
@@ -65,9 +73,13 @@ pub async fn append(
     };
     let appended = Appender::new(&state, id, offset).run(body, seal).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert("stream-offset", HeaderValue::from(appended.offset));
+    response
+        .headers_mut()
+        .insert("stream-offset", HeaderValue::from(appended.offset));
     if appended.sealed {
-        response.headers_mut().insert("stream-sealed", bool_header(true));
+        response
+            .headers_mut()
+            .insert("stream-sealed", bool_header(true));
     }
     Ok(response)
 }
@@ -89,13 +101,19 @@ pub async fn read(
         return Err(ApiError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             "offset_out_of_range",
-            format!("offset {offset} is past the stream's committed length {}", info.length),
+            format!(
+                "offset {offset} is past the stream's committed length {}",
+                info.length
+            ),
         ));
     }
     let body = ReadBody::new(Arc::clone(&state), id, offset, follow);
     let mut response = Body::new(body).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("stream-offset", HeaderValue::from(offset));
     h.insert("stream-sealed", bool_header(info.sealed));
@@ -115,9 +133,13 @@ pub async fn list(
         None => default_prefix(&principal),
     };
     if !principal.may_list(&prefix) {
-        return Err(ApiError::forbidden(format!("this token may not list streams under {prefix:?}")));
+        return Err(ApiError::forbidden(format!(
+            "this token may not list streams under {prefix:?}"
+        )));
     }
-    let limit = query.u64("limit")?.map_or(DEFAULT_LIST_LIMIT, |n| n.clamp(1, MAX_LIST_LIMIT as u64) as usize);
+    let limit = query.u64("limit")?.map_or(DEFAULT_LIST_LIMIT, |n| {
+        n.clamp(1, MAX_LIST_LIMIT as u64) as usize
+    });
     let streams = state.store.list(&prefix, limit).await?;
     Ok(axum::Json(streams).into_response())
 }
@@ -151,13 +173,18 @@ impl AppState {
                 Action::Read => "read",
                 Action::Delete => "delete",
             };
-            return Err(ApiError::forbidden(format!("this token may not {verb} stream {id}")));
+            return Err(ApiError::forbidden(format!(
+                "this token may not {verb} stream {id}"
+            )));
         }
         Ok((principal, id))
     }
 
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        Ok(self.auth.authenticate(headers.get(header::AUTHORIZATION)).await?)
+        Ok(self
+            .auth
+            .authenticate(headers.get(header::AUTHORIZATION))
+            .await?)
     }
 }
 
@@ -205,7 +232,14 @@ struct Appender<'a> {
 
 impl<'a> Appender<'a> {
     fn new(state: &'a AppState, id: StreamId, offset: u64) -> Self {
-        Appender { state, id, offset, chunk: BytesMut::new(), held: None, last: None }
+        Appender {
+            state,
+            id,
+            offset,
+            chunk: BytesMut::new(),
+            held: None,
+            last: None,
+        }
     }
 
     async fn run(mut self, body: Body, seal: bool) -> Result<Appended, ApiError> {
@@ -218,27 +252,42 @@ impl<'a> Appender<'a> {
                 Ok(Some(Err(err))) => {
                     // The client broke off: keep what arrived, then tell it (if it still listens).
                     self.flush().await?;
-                    return Err(ApiError::bad_request("body_error", format!("reading the body failed: {err}")));
+                    return Err(ApiError::bad_request(
+                        "body_error",
+                        format!("reading the body failed: {err}"),
+                    ));
                 }
                 Err(_) => {
                     self.flush().await?;
                     let mut err = ApiError::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "body_timeout",
-                        format!("no body bytes for {} s; what arrived is committed", limits.body_timeout.as_secs()),
+                        format!(
+                            "no body bytes for {} s; what arrived is committed",
+                            limits.body_timeout.as_secs()
+                        ),
                     );
                     err.offset = Some(self.offset);
                     return Err(err);
                 }
             };
-            let Ok(data) = frame.into_data() else { continue }; // trailers: ignored
+            let Ok(data) = frame.into_data() else {
+                continue;
+            }; // trailers: ignored
             if data.is_empty() {
                 continue;
             }
-            let Some(reservation) = self.state.budget.reserve(data.len(), limits.budget_patience).await else {
+            let Some(reservation) = self
+                .state
+                .budget
+                .reserve(data.len(), limits.budget_patience)
+                .await
+            else {
                 self.chunk.extend_from_slice(&data);
                 self.flush().await?;
-                let mut err = ApiError::overloaded("the gateway is at its memory budget; retry from Stream-Offset");
+                let mut err = ApiError::overloaded(
+                    "the gateway is at its memory budget; retry from Stream-Offset",
+                );
                 err.offset = Some(self.offset);
                 return Err(err);
             };
@@ -251,7 +300,13 @@ impl<'a> Appender<'a> {
         if !self.chunk.is_empty() || seal || self.last.is_none() {
             self.commit(seal).await?;
         }
-        self.last.ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no append happened"))
+        self.last.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no append happened",
+            )
+        })
     }
 
     /// Adds received bytes, committing every full chunk.
@@ -266,7 +321,8 @@ impl<'a> Appender<'a> {
             }
             let take = data.len().min(chunk_bytes - self.chunk.len());
             if self.chunk.capacity() == 0 {
-                self.chunk.reserve(chunk_bytes.min(data.len().max(16 * 1024)));
+                self.chunk
+                    .reserve(chunk_bytes.min(data.len().max(16 * 1024)));
             }
             self.chunk.extend_from_slice(&data.split_to(take));
             if self.chunk.len() == chunk_bytes {
@@ -278,7 +334,11 @@ impl<'a> Appender<'a> {
 
     /// Commits what was received so far, if anything, keeping the error for the caller.
     async fn flush(&mut self) -> Result<(), ApiError> {
-        if self.chunk.is_empty() { Ok(()) } else { self.commit(false).await }
+        if self.chunk.is_empty() {
+            Ok(())
+        } else {
+            self.commit(false).await
+        }
     }
 
     async fn commit(&mut self, seal: bool) -> Result<(), ApiError> {
@@ -289,14 +349,24 @@ impl<'a> Appender<'a> {
     async fn commit_bytes(&mut self, data: Bytes, seal: bool) -> Result<(), ApiError> {
         let len = data.len() as u64;
         if self.offset.checked_add(len).is_none() {
-            return Err(ApiError::bad_request("invalid_offset", "offset plus body length overflows 2^64"));
+            return Err(ApiError::bad_request(
+                "invalid_offset",
+                "offset plus body length overflows 2^64",
+            ));
         }
         let started = Instant::now();
-        let result = self.state.store.append(&self.id, self.offset, data, seal).await;
+        let result = self
+            .state
+            .store
+            .append(&self.id, self.offset, data, seal)
+            .await;
         self.state.metrics.append_latency.observe(started.elapsed());
         self.held = None; // committed or refused: either way the bytes are no longer held
         let appended = result?;
-        self.state.metrics.appended_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .metrics
+            .appended_bytes
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
         self.offset = appended.offset;
         self.last = Some(appended);
         Ok(())

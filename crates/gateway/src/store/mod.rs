@@ -7,6 +7,7 @@
 //! committed: it survives `kill -9` and a machine crash. Nothing is acknowledged before that.
 
 pub mod embedded;
+pub mod nats;
 pub mod testsuite;
 
 use std::time::{Duration, SystemTime};

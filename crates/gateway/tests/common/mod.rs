@@ -1,5 +1,6 @@
 //! Test harness: the real `engine-gateway` binary in a temp dir, and a raw HTTP/1.1 client.
 #![allow(dead_code)] // each test binary uses a different part of this module
+#![allow(clippy::unwrap_used)] // test support: a failure here is a test failure
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,7 +23,11 @@ pub struct Gateway {
 
 /// A port free right now (the listener is dropped; the gateway binds it next).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Gateway {
@@ -61,7 +66,11 @@ impl Gateway {
     /// Starts the process (again) and waits until it answers /readyz.
     pub fn spawn(&mut self) {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--listen").arg(self.addr.to_string()).arg("--data-dir").arg(self.data_dir());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir());
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }
@@ -69,19 +78,28 @@ impl Gateway {
             .env("ENGINE_GATEWAY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(self.dir.path().join("gateway.log")).unwrap()));
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.path().join("gateway.log")).unwrap(),
+            ));
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(response) = request_raw(self.addr, b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n") {
-                if response.status == 200 {
-                    return;
-                }
+            let probe = b"GET /readyz HTTP/1.1
+host: x
+connection: close
+
+";
+            if request_raw(self.addr, probe).is_ok_and(|r| r.status == 200) {
+                return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("gateway exited with {status} at start:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "gateway not ready in time:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready in time:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -107,13 +125,19 @@ impl Gateway {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "gateway did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data_dir().join("admin.token")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// `engine-gateway token create ...`, returning the secret.
@@ -124,18 +148,38 @@ impl Gateway {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
-    pub fn request(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         request(self.addr, method, path, token, headers, body)
     }
 
     /// HEAD a stream: (status, committed offset).
     pub fn offset(&self, token: &str, stream: &str) -> (u16, Option<u64>) {
-        let r = self.request("HEAD", &format!("/v1/streams/{stream}"), Some(token), &[], b"");
-        (r.status, r.header("stream-offset").map(|v| v.parse().unwrap()))
+        let r = self.request(
+            "HEAD",
+            &format!("/v1/streams/{stream}"),
+            Some(token),
+            &[],
+            b"",
+        );
+        (
+            r.status,
+            r.header("stream-offset").map(|v| v.parse().unwrap()),
+        )
     }
 
     pub fn append(&self, token: &str, stream: &str, offset: u64, body: &[u8]) -> Response {
@@ -144,13 +188,22 @@ impl Gateway {
             "PATCH",
             &format!("/v1/streams/{stream}"),
             Some(token),
-            &[("stream-offset", &offset), ("content-type", "application/offset+octet-stream")],
+            &[
+                ("stream-offset", &offset),
+                ("content-type", "application/offset+octet-stream"),
+            ],
             body,
         )
     }
 
     pub fn read_all(&self, token: &str, stream: &str) -> Vec<u8> {
-        let r = self.request("GET", &format!("/v1/streams/{stream}?offset=0"), Some(token), &[], b"");
+        let r = self.request(
+            "GET",
+            &format!("/v1/streams/{stream}?offset=0"),
+            Some(token),
+            &[],
+            b"",
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         r.body
     }
@@ -172,7 +225,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -181,14 +237,25 @@ impl Response {
 
     /// The stable `error` code of a JSON error body.
     pub fn code(&self) -> String {
-        let v: serde_json::Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("status {} body is not JSON: {:?}", self.status, self.text()));
+        let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!("status {} body is not JSON: {:?}", self.status, self.text())
+        });
         v["error"].as_str().unwrap().to_string()
     }
 }
 
-pub fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     if let Some(token) = token {
         head.push_str(&format!("authorization: Bearer {token}\r\n"));
     }
@@ -198,8 +265,12 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, 
     head.push_str("\r\n");
     let mut raw = head.into_bytes();
     raw.extend_from_slice(body);
-    let response = request_raw(addr, &raw).unwrap();
-    if method == "HEAD" { Response { body: Vec::new(), ..response } } else { response }
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(&raw).unwrap();
+    read_response_to(stream, method != "HEAD").unwrap()
 }
 
 /// Sends raw bytes, reads until the server closes, parses status line, headers and body
@@ -212,6 +283,11 @@ pub fn request_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
 }
 
 pub fn read_response(stream: TcpStream) -> std::io::Result<Response> {
+    read_response_to(stream, true)
+}
+
+/// Reads a response; `with_body` is false for answers to HEAD.
+pub fn read_response_to(stream: TcpStream, with_body: bool) -> std::io::Result<Response> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -232,9 +308,15 @@ pub fn read_response(stream: TcpStream) -> std::io::Result<Response> {
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v): &(String, String)| v.clone());
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v): &(String, String)| v.clone())
+    };
     let mut body = Vec::new();
-    if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    if !with_body {
+    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         loop {
             line.clear();
             reader.read_line(&mut line)?;
@@ -254,7 +336,11 @@ pub fn read_response(stream: TcpStream) -> std::io::Result<Response> {
     } else {
         let _ = reader.read_to_end(&mut body);
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Deterministic pseudo-random bytes (xorshift), for content checks.
@@ -272,7 +358,10 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn sha256_file(path: &Path) -> String {
