@@ -1,0 +1,278 @@
+//! Command line: raw clap flags, then one validated `IngestConfig` (defaults depend on `--smoke`).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail, ensure};
+use clap::{Args, Parser, Subcommand};
+
+use crate::machine::utc_timestamp;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway-bench",
+    version,
+    about = "benchmarks for engine-gateway, over HTTP on loopback"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gateway, append chunks from N concurrent streams, compare with raw fdatasync.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The engine-gateway binary to start (`serve --listen … --data-dir …`).
+    #[arg(long, default_value = "target/release/engine-gateway")]
+    pub gateway_bin: PathBuf,
+    /// Concurrent streams per scenario, comma separated [default: 1,64,256; smoke: 1,4].
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Option<Vec<usize>>,
+    /// Body size of every PATCH, e.g. 64KiB, 1MiB, 4096 [default: 64KiB].
+    #[arg(long, value_parser = parse_size)]
+    pub chunk: Option<u64>,
+    /// Length of each scenario and of the raw baseline, e.g. 10s, 500ms [default: 10s; smoke: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Directory on the disk to measure; a fresh subdirectory is created and removed in it
+    /// [default: ./target if it exists, else the system temp dir].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Result file (JSON); the markdown goes beside it as .md
+    /// [default: bench/results/ingest-<date>.json].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Pause after the gateway is ready before idle RSS is read [default: 1s; smoke: 200ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub settle: Option<Duration>,
+    /// Bound on waiting for the gateway's admin.token and /readyz.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub startup_timeout: Duration,
+    /// Bound on one request; a stuck request counts as a transport error.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub request_timeout: Duration,
+    /// Chunks per fdatasync in the "raw batched" baseline; 0 or 1 skips it.
+    #[arg(long, default_value_t = 8)]
+    pub raw_batch: u32,
+    /// How often the gateway's VmRSS is sampled during a scenario.
+    #[arg(long, value_parser = parse_duration, default_value = "20ms")]
+    pub rss_interval: Duration,
+    /// Extra argument for `engine-gateway serve`, repeatable (e.g. --gateway-arg=--flag).
+    #[arg(long = "gateway-arg", allow_hyphen_values = true)]
+    pub gateway_args: Vec<String>,
+    /// Keep the run's data directory instead of removing it.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Quick check that the benchmark works: short scenarios, 1 and 4 streams; fails on any
+    /// error.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// A validated ingest run.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub gateway_bin: PathBuf,
+    pub streams: Vec<usize>,
+    pub chunk_bytes: usize,
+    pub duration: Duration,
+    /// The parent directory; the run works in a fresh subdirectory of it.
+    pub data_dir: PathBuf,
+    pub out: PathBuf,
+    pub settle: Duration,
+    pub startup_timeout: Duration,
+    pub request_timeout: Duration,
+    pub raw_batch: u32,
+    pub rss_interval: Duration,
+    pub gateway_args: Vec<String>,
+    pub keep_data: bool,
+    pub smoke: bool,
+    /// `YYYYMMDD-HHMMSS` of the start, for file and stream names.
+    pub run_id: String,
+}
+
+/// Most streams in one scenario: each is a connection and a task, and 4096 is already far
+/// past what one gateway on loopback is meant to hold.
+const MAX_STREAMS: usize = 4096;
+/// Largest chunk: one request body held in memory, shared by all streams.
+const MAX_CHUNK: u64 = 64 * 1024 * 1024;
+
+impl IngestArgs {
+    pub fn into_config(self) -> anyhow::Result<IngestConfig> {
+        let smoke = self.smoke;
+        let streams = self
+            .streams
+            .unwrap_or_else(|| if smoke { vec![1, 4] } else { vec![1, 64, 256] });
+        ensure!(!streams.is_empty(), "--streams needs at least one value");
+        for &n in &streams {
+            ensure!(
+                (1..=MAX_STREAMS).contains(&n),
+                "--streams {n}: must be 1..={MAX_STREAMS}"
+            );
+        }
+        let chunk = self.chunk.unwrap_or(64 * 1024);
+        ensure!(
+            (1..=MAX_CHUNK).contains(&chunk),
+            "--chunk {chunk}: must be 1 B..=64 MiB"
+        );
+        let default_duration = Duration::from_secs(if smoke { 1 } else { 10 });
+        let duration = self.duration.unwrap_or(default_duration);
+        ensure!(
+            (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&duration),
+            "--duration must be between 100ms and 1h"
+        );
+        ensure!(
+            !self.rss_interval.is_zero(),
+            "--rss-interval must be positive"
+        );
+        let run_id = utc_timestamp(SystemTime::now()).1;
+        let data_dir = match self.data_dir {
+            Some(dir) => dir,
+            None if std::path::Path::new("target").is_dir() => PathBuf::from("target"),
+            None => std::env::temp_dir(),
+        };
+        let out = self.out.unwrap_or_else(|| {
+            let kind = if smoke { "ingest-smoke" } else { "ingest" };
+            PathBuf::from(format!("bench/results/{kind}-{run_id}.json"))
+        });
+        Ok(IngestConfig {
+            gateway_bin: self.gateway_bin,
+            streams,
+            chunk_bytes: usize::try_from(chunk).context("--chunk too large for this machine")?,
+            duration,
+            data_dir,
+            out,
+            settle: self
+                .settle
+                .unwrap_or(Duration::from_millis(if smoke { 200 } else { 1000 })),
+            startup_timeout: self.startup_timeout,
+            request_timeout: self.request_timeout,
+            raw_batch: self.raw_batch,
+            rss_interval: self.rss_interval,
+            gateway_args: self.gateway_args,
+            keep_data: self.keep_data,
+            smoke,
+            run_id,
+        })
+    }
+}
+
+/// Parses a byte size: `65536`, `64K`, `64KiB`, `64kb`, `1M`, `1MiB` (all binary units).
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .with_context(|| format!("{text:?} is not a size"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => bail!("unknown size unit {other:?} (use B, KiB, MiB or GiB)"),
+    };
+    number
+        .checked_mul(factor)
+        .with_context(|| format!("{text:?} is too large"))
+}
+
+/// Parses a duration: `10s`, `1.5s`, `500ms`, `2m`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration"))?;
+    let secs = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        other => bail!("unknown duration unit {other:?} (use ms, s or m)"),
+    };
+    Duration::try_from_secs_f64(secs).with_context(|| format!("{text:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (text, want) in [
+            ("65536", 65536),
+            ("64KiB", 65536),
+            ("64k", 65536),
+            ("1MiB", 1 << 20),
+            ("2 MB", 2 << 20),
+        ] {
+            assert_eq!(parse_size(text).ok(), Some(want), "{text}");
+        }
+        for bad in ["", "KiB", "12 parsecs", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (text, ms) in [
+            ("10s", 10_000),
+            ("1.5s", 1_500),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("3", 3_000),
+        ] {
+            assert_eq!(
+                parse_duration(text).ok(),
+                Some(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for bad in ["", "s", "10h", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn smoke_changes_defaults_but_not_explicit_flags() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["gateway-bench", "ingest"], args].concat())
+                .unwrap_or_else(|err| panic!("{err}"));
+            let Command::Ingest(args) = cli.command;
+            args.into_config()
+        };
+        let normal = parse(&[]).unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(normal.streams, vec![1, 64, 256]);
+        assert_eq!(normal.duration, Duration::from_secs(10));
+        assert_eq!(normal.chunk_bytes, 65536);
+        assert!(
+            normal
+                .out
+                .to_string_lossy()
+                .starts_with("bench/results/ingest-")
+        );
+        let smoke = parse(&["--smoke"]).unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(
+            (smoke.streams, smoke.duration),
+            (vec![1, 4], Duration::from_secs(1))
+        );
+        let explicit = parse(&["--smoke", "--streams", "2,3", "--duration", "300ms"])
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(
+            (explicit.streams, explicit.duration),
+            (vec![2, 3], Duration::from_millis(300))
+        );
+        assert!(parse(&["--streams", "0"]).is_err());
+        assert!(parse(&["--duration", "10ms"]).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! `gateway-bench`: runs a benchmark, prints its markdown table, writes JSON and markdown files.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use loadgen::cli::{Cli, Command, IngestArgs};
+use loadgen::ingest;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Ingest(args) => ingest_main(args),
+    }
+}
+
+fn ingest_main(args: IngestArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(ingest::run(&config)) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let markdown = report.to_markdown();
+    // A closed stdout (`| head`) is not a failure; the files still get written.
+    let _ = std::io::stdout().lock().write_all(markdown.as_bytes());
+    if let Err(err) = report.write_files(&config.out) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "wrote {} and {}",
+        config.out.display(),
+        config.out.with_extension("md").display()
+    );
+    let problems = ingest::problems(&report);
+    if problems.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for problem in &problems {
+        eprintln!("check failed: {problem}");
+    }
+    ExitCode::FAILURE
+}

@@ -1,0 +1,123 @@
+//! The raw disk baseline: one writer appending chunks to a file with `fdatasync`, no gateway.
+//!
+//! This is what durable appends cost on the data directory's filesystem, so the gateway's
+//! numbers can be read as a share of the disk rather than in a vacuum.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::stats::{Histogram, LatencySummary};
+
+/// One raw run's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawResult {
+    /// What was measured, e.g. `raw fdatasync` or `raw batched x8`.
+    pub label: String,
+    pub chunk_bytes: u64,
+    /// Chunks written per `fdatasync`.
+    pub chunks_per_sync: u32,
+    pub bytes: u64,
+    pub syncs: u64,
+    pub elapsed_s: f64,
+    pub mib_per_s: f64,
+    /// Latency of one batch: its writes plus the `fdatasync` that makes them durable.
+    pub latency: LatencySummary,
+}
+
+/// Appends `chunks_per_sync` chunks then `fdatasync`s, in a loop, for `duration`, to a fresh
+/// file in `dir` that is removed afterwards. Blocking: run it off the async workers.
+pub fn run_raw(
+    dir: &Path,
+    chunk_bytes: usize,
+    chunks_per_sync: u32,
+    duration: Duration,
+) -> anyhow::Result<RawResult> {
+    let path = dir.join("raw-baseline.bin");
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let measured = measure(file, chunk_bytes, chunks_per_sync.max(1), duration)
+        .with_context(|| format!("appending to {}", path.display()));
+    let _ = std::fs::remove_file(&path);
+    let (bytes, syncs, elapsed, latency) = measured?;
+    let label = if chunks_per_sync <= 1 {
+        String::from("raw fdatasync")
+    } else {
+        format!("raw batched x{chunks_per_sync}")
+    };
+    Ok(RawResult {
+        label,
+        chunk_bytes: chunk_bytes as u64,
+        chunks_per_sync: chunks_per_sync.max(1),
+        bytes,
+        syncs,
+        elapsed_s: elapsed.as_secs_f64(),
+        mib_per_s: mib_per_s(bytes, elapsed),
+        latency: latency.summary(),
+    })
+}
+
+/// Throughput in MiB/s; zero for an empty interval.
+pub fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    bytes as f64 / (1024.0 * 1024.0) / secs
+}
+
+fn measure(
+    mut file: File,
+    chunk_bytes: usize,
+    chunks_per_sync: u32,
+    duration: Duration,
+) -> std::io::Result<(u64, u64, Duration, Histogram)> {
+    // Not zeros: some filesystems and devices special-case them.
+    let chunk: Vec<u8> = (0..chunk_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let mut latency = Histogram::new();
+    let (mut bytes, mut syncs) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let began = Instant::now();
+        for _ in 0..chunks_per_sync {
+            file.write_all(&chunk)?;
+        }
+        file.sync_data()?;
+        latency.record(began.elapsed());
+        bytes += chunk_bytes as u64 * u64::from(chunks_per_sync);
+        syncs += 1;
+    }
+    Ok((bytes, syncs, start.elapsed(), latency))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_run_writes_syncs_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+        let result = run_raw(dir.path(), 4096, 2, Duration::from_millis(100))
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(result.label, "raw batched x2");
+        assert!(result.syncs > 0);
+        assert_eq!(result.bytes, result.syncs * 8192);
+        assert_eq!(result.latency.count, result.syncs);
+        assert!(result.mib_per_s > 0.0);
+        assert!(!dir.path().join("raw-baseline.bin").exists());
+    }
+
+    #[test]
+    fn throughput_in_mib() {
+        assert_eq!(mib_per_s(3 * 1024 * 1024, Duration::from_secs(2)), 1.5);
+        assert_eq!(mib_per_s(1, Duration::ZERO), 0.0);
+    }
+}
