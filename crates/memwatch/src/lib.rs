@@ -29,6 +29,7 @@ mod alloc;
 mod backtrace;
 mod cgroup;
 mod elf;
+pub mod profile;
 mod snapshot;
 
 use std::path::PathBuf;
