@@ -6,7 +6,7 @@ use std::path::Path;
 use super::elf::{ElfInfo, link_address};
 use super::{Frame, Profile};
 
-/// Functions that belong to the allocator or to the plumbing between `Vec::new()` and it.
+/// Functions that belong to the allocator or to the plumbing between the program and it.
 /// Leading (leaf-side) frames matching these are trimmed, so a sample's first frame is the
 /// program's own allocation site.
 const ALLOCATOR_PREFIXES: &[&str] = &[
@@ -25,6 +25,9 @@ const ALLOCATOR_PREFIXES: &[&str] = &[
     "_Unwind_",
     "__libc_",
     // Rust's allocation shims, the global allocators, and the generic allocation helpers.
+    "__rustc::__rust_",
+    "__rustc::__rdl_",
+    "__rustc::__rg_",
     "__rust_alloc",
     "__rust_realloc",
     "__rust_no_alloc",
@@ -34,10 +37,10 @@ const ALLOCATOR_PREFIXES: &[&str] = &[
     "<tikv_jemallocator::Jemalloc as ",
     "tikv_jemallocator::",
     "memwatch::alloc::",
-    "alloc::alloc::",
-    "<alloc::alloc::Global as ",
-    "alloc::raw_vec::",
-    "<alloc::raw_vec::",
+    // The whole `alloc` crate (Vec, String, Box, raw_vec...): like Go's heap profiles, which
+    // drop runtime.makeslice and friends, a site is where the program asked for memory.
+    "alloc::",
+    "<alloc::",
 ];
 
 /// C allocation entry points, matched whole (a prefix would catch `freeaddrinfo`).
@@ -134,6 +137,8 @@ impl Profile {
 pub(crate) fn is_allocator(function: &str) -> bool {
     ALLOCATOR_FUNCTIONS.contains(&function)
         || ALLOCATOR_PREFIXES.iter().any(|p| function.starts_with(p))
+        // `<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem` and the like.
+        || (function.starts_with('<') && function.contains(" as alloc::"))
 }
 
 #[cfg(test)]
@@ -192,6 +197,8 @@ mod tests {
         assert_eq!(p.samples[2].locations, [6, 0, 4]);
         assert!(is_allocator("free"));
         assert!(!is_allocator("freeaddrinfo"));
+        assert!(is_allocator("<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"));
+        assert!(!is_allocator("<app::Cache as core::default::Default>::default"));
         assert!(!is_allocator("app::hold_64_mib"));
     }
 }

@@ -136,11 +136,14 @@ fn unsymbolized(profile: &Profile, location: &Location) -> String {
     }
 }
 
-/// Bytes for people: `64.0 MiB`, `512 B`, `-1.5 KiB`.
+/// Bytes for people: `64.0 MiB`, `512 B`, `-1.5 KiB` (`{:+}` adds `+` to growth).
 pub fn human_bytes(bytes: i64) -> impl fmt::Display {
     struct Human(i64);
     impl fmt::Display for Human {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            if f.sign_plus() && self.0 >= 0 {
+                f.write_str("+")?;
+            }
             let units = ["B", "KiB", "MiB", "GiB", "TiB"];
             let mut v = self.0 as f64;
             let mut unit = 0;
@@ -216,5 +219,6 @@ mod tests {
         assert_eq!(got, [("b".into(), 200), ("c".into(), 10), ("a".into(), -50)]);
         assert_eq!(human_bytes(64 << 20).to_string(), "64.0 MiB");
         assert_eq!(human_bytes(512).to_string(), "512 B");
+        assert_eq!(format!("{:+}", human_bytes(1536)), "+1.5 KiB");
     }
 }
