@@ -62,9 +62,17 @@ fn cli_reads_profiles_and_rejects_bad_input() {
     std::fs::write(path("new.pb.gz"), &pprof).unwrap();
 
     // top on the raw dump, with file:line from this binary's DWARF.
-    let top = stdout(&memwatch(&[Path::new("top"), &path("new.raw"), Path::new("--binary"), &exe]));
+    let top = stdout(&memwatch(&[
+        Path::new("top"),
+        &path("new.raw"),
+        Path::new("--binary"),
+        &exe,
+    ]));
     let first = top.lines().nth(1).unwrap();
-    assert!(first.contains("grow_cache (") && first.contains("cli.rs:"), "{top}");
+    assert!(
+        first.contains("grow_cache (") && first.contains("cli.rs:"),
+        "{top}"
+    );
     // top on the gateway-style pprof: names from the symbol table, no --binary needed.
     let top = stdout(&memwatch(&[Path::new("top"), &path("new.pb.gz")]));
     assert!(top.lines().nth(1).unwrap().contains("grow_cache"), "{top}");
@@ -77,11 +85,23 @@ fn cli_reads_profiles_and_rejects_bad_input() {
         &exe,
     ]));
     let grew = diff.lines().nth(2).unwrap();
-    assert!(grew.contains("+40.0 MiB") && grew.contains("grow_cache"), "{diff}");
+    assert!(
+        grew.contains("+40.0 MiB") && grew.contains("grow_cache"),
+        "{diff}"
+    );
 
     let svg = path("heap.svg");
-    stdout(&memwatch(&[Path::new("flamegraph"), &path("new.pb.gz"), Path::new("-o"), &svg]));
-    assert!(std::fs::read_to_string(&svg).unwrap().contains("grow_cache"));
+    stdout(&memwatch(&[
+        Path::new("flamegraph"),
+        &path("new.pb.gz"),
+        Path::new("-o"),
+        &svg,
+    ]));
+    assert!(
+        std::fs::read_to_string(&svg)
+            .unwrap()
+            .contains("grow_cache")
+    );
 
     let symbolized = path("sym.pb.gz");
     stdout(&memwatch(&[
@@ -93,25 +113,47 @@ fn cli_reads_profiles_and_rejects_bad_input() {
         &symbolized,
     ]));
     let back = Profile::read_file(&symbolized).unwrap();
-    assert!(back.locations.iter().any(|l| l.frames.iter().any(|f| f.line > 0)));
+    assert!(
+        back.locations
+            .iter()
+            .any(|l| l.frames.iter().any(|f| f.line > 0))
+    );
 
     // Bad input.
     std::fs::write(path("notes.txt"), "not a profile\n").unwrap();
-    check_fails(&[Path::new("top"), &path("notes.txt")], "not a heap profile");
+    check_fails(
+        &[Path::new("top"), &path("notes.txt")],
+        "not a heap profile",
+    );
     std::fs::write(path("cut.pb.gz"), &pprof[..pprof.len() / 2]).unwrap();
     check_fails(&[Path::new("top"), &path("cut.pb.gz")], "bad gzip data");
     check_fails(&[Path::new("top"), &path("missing.pb.gz")], "No such file");
     let other = Path::new(env!("CARGO_BIN_EXE_memwatch"));
     check_fails(
-        &[Path::new("top"), &path("new.pb.gz"), Path::new("--binary"), other],
+        &[
+            Path::new("top"),
+            &path("new.pb.gz"),
+            Path::new("--binary"),
+            other,
+        ],
         "wrong binary",
     );
     check_fails(
-        &[Path::new("top"), &path("new.raw"), Path::new("--binary"), other],
+        &[
+            Path::new("top"),
+            &path("new.raw"),
+            Path::new("--binary"),
+            other,
+        ],
         "wrong binary",
     );
     check_fails(
-        &[Path::new("top"), &path("new.raw"), Path::new("--binary"), &path("notes.txt")],
+        &[
+            Path::new("top"),
+            &path("new.raw"),
+            Path::new("--binary"),
+            &path("notes.txt"),
+        ],
         "not an ELF file",
     );
     drop(black_box((small, big)));

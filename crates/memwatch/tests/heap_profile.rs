@@ -27,7 +27,11 @@ fn profile_names_the_function_holding_64_mib() {
     let held = hold_64_mib();
     let dir = tempfile::tempdir().unwrap();
     let profile = Profile::capture(dir.path()).unwrap();
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "dump removed");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "dump removed"
+    );
     assert_eq!(profile.sample_period, 1 << 19);
 
     let exe = std::env::current_exe().unwrap();
@@ -47,7 +51,10 @@ fn profile_names_the_function_holding_64_mib() {
         &rows[..rows.len().min(5)]
     );
     // Unsampled: 64 MiB sampled at 512 KiB is ~ exactly 64 MiB.
-    assert!((63 << 20..66 << 20).contains(&first.flat_bytes), "{first:?}");
+    assert!(
+        (63 << 20..66 << 20).contains(&first.flat_bytes),
+        "{first:?}"
+    );
     // jemalloc's frames are gone from every stack's leaf.
     for sample in &profile.samples {
         let leaf = &profile.locations[sample.locations[0]];

@@ -133,7 +133,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 human_bytes(new.total_bytes()),
                 human_bytes(new.total_bytes() - base.total_bytes())
             )?;
-            writeln!(out, "{:>12} {:>12} {:>12}  function", "delta", "base", "new")?;
+            writeln!(
+                out,
+                "{:>12} {:>12} {:>12}  function",
+                "delta", "base", "new"
+            )?;
             for row in diff(&base, &new).into_iter().take(count) {
                 writeln!(
                     out,

@@ -169,7 +169,9 @@ mod tests {
             locations: vec![
                 location(&["prof_backtrace_impl"]),
                 location(&["_rjem_je_malloc_default"]),
-                location(&["<memwatch::alloc::Allocator as core::alloc::global::GlobalAlloc>::alloc"]),
+                location(&[
+                    "<memwatch::alloc::Allocator as core::alloc::global::GlobalAlloc>::alloc",
+                ]),
                 location(&["alloc::raw_vec::RawVecInner<A>::try_allocate_in"]),
                 location(&["app::hold_64_mib"]),
                 location(&["main"]),
@@ -197,8 +199,12 @@ mod tests {
         assert_eq!(p.samples[2].locations, [6, 0, 4]);
         assert!(is_allocator("free"));
         assert!(!is_allocator("freeaddrinfo"));
-        assert!(is_allocator("<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"));
-        assert!(!is_allocator("<app::Cache as core::default::Default>::default"));
+        assert!(is_allocator(
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
+        ));
+        assert!(!is_allocator(
+            "<app::Cache as core::default::Default>::default"
+        ));
         assert!(!is_allocator("app::hold_64_mib"));
     }
 }

@@ -27,14 +27,16 @@ impl Profile {
             path: binary.to_path_buf(),
             source,
         })?;
-        let object = object::File::parse(&*data)
-            .map_err(|err| fail(format!("not an ELF file: {err}")))?;
+        let object =
+            object::File::parse(&*data).map_err(|err| fail(format!("not an ELF file: {err}")))?;
         let build_id: Option<String> = object
             .build_id()
             .ok()
             .flatten()
             .map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
-        let targets = self.matching_mappings(binary, build_id.as_deref()).map_err(fail)?;
+        let targets = self
+            .matching_mappings(binary, build_id.as_deref())
+            .map_err(fail)?;
 
         let segments: Vec<(u64, u64, u64)> = object
             .segments()
@@ -86,7 +88,11 @@ impl Profile {
     }
 
     /// Indexes of the mappings that `binary` describes.
-    fn matching_mappings(&self, binary: &Path, build_id: Option<&str>) -> Result<Vec<usize>, String> {
+    fn matching_mappings(
+        &self,
+        binary: &Path,
+        build_id: Option<&str>,
+    ) -> Result<Vec<usize>, String> {
         let with_id: Vec<usize> = (0..self.mappings.len())
             .filter(|&i| build_id.is_some() && self.mappings[i].build_id.as_deref() == build_id)
             .collect();

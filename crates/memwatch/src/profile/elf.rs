@@ -67,10 +67,11 @@ impl ElfInfo {
             Box::new(object.dynamic_symbols())
         };
         for symbol in table.take(MAX_SYMBOLS) {
-            if symbol.kind() == SymbolKind::Text && symbol.address() != 0 {
-                if let Ok(name) = symbol.name() {
-                    symbols.push((symbol.address(), symbol.size(), name));
-                }
+            if symbol.kind() == SymbolKind::Text
+                && symbol.address() != 0
+                && let Ok(name) = symbol.name()
+            {
+                symbols.push((symbol.address(), symbol.size(), name));
             }
         }
         symbols.sort_unstable_by_key(|s| s.0);
@@ -129,7 +130,8 @@ mod tests {
         let elf = ElfInfo::read(&exe).unwrap();
         assert!(!elf.segments.is_empty());
         assert!(elf.build_id.as_ref().is_some_and(|id| id.len() >= 16));
-        let this = this_test_binary_has_symbols_segments_and_a_build_id as usize as u64;
+        let this =
+            this_test_binary_has_symbols_segments_and_a_build_id as *const () as usize as u64;
         // Find our own function by runtime address through /proc/self/maps.
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let mapping = maps

@@ -156,9 +156,9 @@ fn fit(name: &str, width: f64) -> String {
 
 /// A warm color derived from the name, stable across profiles.
 fn color(name: &str) -> String {
-    let hash = name
-        .bytes()
-        .fold(2166136261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16777619));
+    let hash = name.bytes().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16777619)
+    });
     let r = 205 + (hash % 50);
     let g = (hash >> 8) % 230;
     let b = (hash >> 16) % 55;

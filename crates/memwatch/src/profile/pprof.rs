@@ -119,7 +119,10 @@ impl Profile {
         }
         let string = |id: u64| -> Result<&str, ProfileError> {
             let id = usize::try_from(id).map_err(|_| bad("string index"))?;
-            strings.get(id).copied().ok_or(bad("string index out of range"))
+            strings
+                .get(id)
+                .copied()
+                .ok_or(bad("string index out of range"))
         };
         let mut type_names = Vec::new();
         for t in types {
@@ -179,7 +182,12 @@ impl Profile {
             let locations = f
                 .repeated(1)?
                 .iter()
-                .map(|id| location_index.get(id).copied().ok_or(bad("unknown location")))
+                .map(|id| {
+                    location_index
+                        .get(id)
+                        .copied()
+                        .ok_or(bad("unknown location"))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let values = f.repeated(2)?;
             let value = |i: usize| values.get(i).map_or(0, |&v| v as i64);
@@ -272,7 +280,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, ProfileError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let (&b, rest) = self.0.split_first().ok_or(ProfileError::Pprof("truncated"))?;
+            let (&b, rest) = self
+                .0
+                .split_first()
+                .ok_or(ProfileError::Pprof("truncated"))?;
             self.0 = rest;
             v |= u64::from(b & 0x7f) << shift;
             if b < 0x80 {

@@ -198,13 +198,25 @@ mod tests {
 
     #[test]
     fn top_orders_by_flat_and_counts_cumulative_once() {
-        let p = profile(&[(&["a", "b", "main"], 100), (&["b", "main"], 10), (&["c"], 50)]);
+        let p = profile(&[
+            (&["a", "b", "main"], 100),
+            (&["b", "main"], 10),
+            (&["c"], 50),
+        ]);
         let rows = top(&p);
         let got: Vec<(&str, i64, i64)> = rows
             .iter()
             .map(|r| (r.function.as_str(), r.flat_bytes, r.cum_bytes))
             .collect();
-        assert_eq!(got, [("a", 100, 100), ("c", 50, 50), ("b", 10, 110), ("main", 0, 110)]);
+        assert_eq!(
+            got,
+            [
+                ("a", 100, 100),
+                ("c", 50, 50),
+                ("b", 10, 110),
+                ("main", 0, 110)
+            ]
+        );
         assert_eq!(rows[0].source.as_deref(), Some("src/lib.rs:7"));
     }
 
@@ -216,7 +228,10 @@ mod tests {
             .into_iter()
             .map(|r| (r.function.clone(), r.delta()))
             .collect();
-        assert_eq!(got, [("b".into(), 200), ("c".into(), 10), ("a".into(), -50)]);
+        assert_eq!(
+            got,
+            [("b".into(), 200), ("c".into(), 10), ("a".into(), -50)]
+        );
         assert_eq!(human_bytes(64 << 20).to_string(), "64.0 MiB");
         assert_eq!(human_bytes(512).to_string(), "512 B");
         assert_eq!(format!("{:+}", human_bytes(1536)), "+1.5 KiB");
