@@ -47,7 +47,7 @@ impl Profile {
             ..Profile::default()
         };
         let mut by_address: HashMap<u64, usize> = HashMap::new();
-        let mut saw_stack_header = false;
+        let mut saw_maps = false;
         while let Some((n, line)) = lines.next() {
             let line = std::str::from_utf8(line).map_err(|_| bad(n, "not UTF-8 text"))?;
             if let Some(stack) = line.strip_prefix('@') {
@@ -78,7 +78,6 @@ impl Profile {
                 };
                 let (objects, bytes) =
                     parse_counts(counts).ok_or(bad(m, "expected '  t*: objects: bytes'"))?;
-                saw_stack_header = true;
                 if objects > 0 && bytes > 0 {
                     let (objects, bytes) = unsample(objects, bytes, period);
                     profile.samples.push(Sample {
@@ -88,6 +87,7 @@ impl Profile {
                     });
                 }
             } else if line.starts_with("MAPPED_LIBRARIES:") {
+                saw_maps = true;
                 for (_, map_line) in lines.by_ref() {
                     if let Some(mapping) = parse_maps_line(map_line) {
                         profile.mappings.push(mapping);
@@ -98,8 +98,10 @@ impl Profile {
                 return Err(bad(n, "unexpected line"));
             }
         }
-        if !saw_stack_header && profile.mappings.is_empty() {
-            return Err(bad(0, "no stacks and no MAPPED_LIBRARIES (truncated file)"));
+        if !saw_maps {
+            // jemalloc always ends the dump with it.
+            let last = text.split(|&b| b == b'\n').count();
+            return Err(bad(last, "no MAPPED_LIBRARIES section (truncated file)"));
         }
         profile.mappings.sort_by_key(|m| m.start);
         profile.assign_mappings();
@@ -213,7 +215,8 @@ mod tests {
                 other => panic!("{text:?}: {other:?}"),
             }
         }
-        let truncated = &RAW[..RAW.find("\n\nMAPPED").unwrap() - 30];
-        assert!(Profile::parse_raw(truncated.as_bytes()).is_err());
+        let truncated = &RAW[..RAW.find("\n\nMAPPED").unwrap() + 1];
+        let err = Profile::parse_raw(truncated.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 }
