@@ -80,6 +80,21 @@ fn profile_names_the_function_holding_64_mib() {
     let source = first.source.as_deref().unwrap();
     assert!(source.contains("heap_profile.rs:"), "{source}");
 
+    // The same with a split debug file (different file offsets, same build id), if objcopy
+    // is there to make one.
+    let debug = dir.path().join("test.debug");
+    let split = std::process::Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(&debug)
+        .status();
+    if split.is_ok_and(|s| s.success()) {
+        let mut from_debug = back.clone();
+        assert!(from_debug.symbolize_offline(&debug).unwrap() > 0);
+        from_debug.trim_allocator_frames();
+        assert_eq!(top(&from_debug)[0], top(&offline)[0]);
+    }
+
     let svg = flamegraph_svg(&offline, "test");
     assert!(svg.contains("hold_64_mib"));
     drop(black_box(held));

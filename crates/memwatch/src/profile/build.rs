@@ -97,7 +97,7 @@ impl Profile {
                 }
                 wanted
                     .iter()
-                    .map(|&i| link_address(elf, mapping, locations[i].address))
+                    .map(|&i| link_address(&elf.segments, mapping, locations[i].address))
                     .collect()
             });
             let Ok((_, names)) = result else { continue };

@@ -9,9 +9,9 @@
 use std::path::Path;
 
 use addr2line::gimli;
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection};
 
-use super::elf::demangle;
+use super::elf::{demangle, link_address, segments};
 use super::{Frame, Profile, ProfileError};
 
 impl Profile {
@@ -38,13 +38,7 @@ impl Profile {
             .matching_mappings(binary, build_id.as_deref())
             .map_err(fail)?;
 
-        let segments: Vec<(u64, u64, u64)> = object
-            .segments()
-            .map(|s| {
-                let (offset, size) = s.file_range();
-                (offset, size, s.address())
-            })
-            .collect();
+        let segments = segments(&object);
         let context = dwarf_context(&object).map_err(fail)?;
         let symbols = object.symbol_map();
 
@@ -54,12 +48,7 @@ impl Profile {
                 continue;
             };
             let mapping = &self.mappings[mapping];
-            let offset = location.address - mapping.start + mapping.file_offset;
-            let Some(address) = segments
-                .iter()
-                .find(|&&(o, size, _)| offset >= o && offset - o < size)
-                .map(|&(o, _, vaddr)| vaddr + (offset - o))
-            else {
+            let Some(address) = link_address(&segments, mapping, location.address) else {
                 continue;
             };
             let mut frames = context

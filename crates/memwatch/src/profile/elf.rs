@@ -10,7 +10,9 @@ use std::fs::File;
 use std::path::Path;
 
 use object::read::ReadCache;
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags, SymbolKind};
+
+use super::Mapping;
 
 /// Bounds the symbols sorted (32 bytes each, names borrowed): far above a large service
 /// binary (~100k functions).
@@ -20,8 +22,8 @@ const MAX_SYMBOLS: usize = 2_000_000;
 pub(crate) struct ElfInfo {
     /// GNU build id, lowercase hex.
     pub build_id: Option<String>,
-    /// `(file offset, size, link-time address)` of each PT_LOAD segment.
-    pub segments: Vec<(u64, u64, u64)>,
+    /// The PT_LOAD segments.
+    pub segments: Vec<Segment>,
 }
 
 impl ElfInfo {
@@ -45,13 +47,7 @@ impl ElfInfo {
             .ok()
             .flatten()
             .map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
-        let segments = object
-            .segments()
-            .map(|s| {
-                let (offset, size) = s.file_range();
-                (offset, size, s.address())
-            })
-            .collect();
+        let segments = segments(&object);
         let info = ElfInfo { build_id, segments };
         let addresses = wanted(&info);
         if addresses.iter().all(Option::is_none) {
@@ -81,14 +77,6 @@ impl ElfInfo {
             .collect();
         Ok((info, names))
     }
-
-    /// The link-time address of the byte at `file_offset`, if a loadable segment holds it.
-    pub fn file_address(&self, file_offset: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|&&(offset, size, _)| file_offset >= offset && file_offset - offset < size)
-            .map(|&(offset, _, address)| address + (file_offset - offset))
-    }
 }
 
 /// The function containing `address`, demangled without its hash.
@@ -106,17 +94,65 @@ pub(crate) fn demangle(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(name))
 }
 
-/// The link-time address of a profile location in `mapping`'s file, described by `elf`.
+/// A PT_LOAD segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segment {
+    /// File offset of its bytes (meaningless in a `--only-keep-debug` file).
+    offset: u64,
+    /// Bytes in the file (0 in a `--only-keep-debug` file).
+    file_size: u64,
+    /// Link-time address.
+    address: u64,
+    /// PF_X: profiles keep executable mappings only.
+    executable: bool,
+}
+
+/// The PT_LOAD segments of an ELF file.
+pub(crate) fn segments<'data, R: object::ReadRef<'data>>(
+    object: &object::File<'data, R>,
+) -> Vec<Segment> {
+    object
+        .segments()
+        .map(|s| {
+            let (offset, file_size) = s.file_range();
+            let executable =
+                matches!(s.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0);
+            Segment {
+                offset,
+                file_size,
+                address: s.address(),
+                executable,
+            }
+        })
+        .collect()
+}
+
+/// The link-time address of `runtime_address`, in `mapping`, of the file with `segments`.
+///
+/// With a single executable segment (the usual case) the mapping is that segment, mapped from
+/// its page-rounded start: link = runtime - start + (p_vaddr rounded down to a page). That
+/// needs no file offsets, so it also works with a split debug file, whose segments keep their
+/// addresses but not their offsets. Otherwise the segment is found by file offset.
 pub(crate) fn link_address(
-    elf: &ElfInfo,
-    mapping: &super::Mapping,
+    segments: &[Segment],
+    mapping: &Mapping,
     runtime_address: u64,
 ) -> Option<u64> {
-    let file_offset = runtime_address
-        .checked_sub(mapping.start)?
-        .checked_add(mapping.file_offset)?;
-    elf.file_address(file_offset)
+    let delta = runtime_address.checked_sub(mapping.start)?;
+    let mut executable = segments.iter().filter(|s| s.executable);
+    if let (Some(only), None) = (executable.next(), executable.next()) {
+        return Some((only.address & !(PAGE - 1)) + delta);
+    }
+    let file_offset = delta.checked_add(mapping.file_offset)?;
+    segments
+        .iter()
+        .find(|s| file_offset >= s.offset && file_offset - s.offset < s.file_size)
+        .map(|s| s.address + (file_offset - s.offset))
 }
+
+/// The page size mappings are rounded to (4 KiB on x86-64 and usual aarch64 kernels).
+const PAGE: u64 = 4096;
+const PF_X: u32 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -151,9 +187,10 @@ mod tests {
             })
             .find(|m| m.build_id.is_some() && m.start <= this && this < m.limit)
             .unwrap();
-        let (_, names) =
-            ElfInfo::read_with_functions(&exe, |elf| vec![link_address(elf, &mapping, this)])
-                .unwrap();
+        let (_, names) = ElfInfo::read_with_functions(&exe, |elf| {
+            vec![link_address(&elf.segments, &mapping, this)]
+        })
+        .unwrap();
         let name = names[0].clone().unwrap();
         assert!(
             name.ends_with("this_test_binary_has_symbols_segments_and_a_build_id"),
