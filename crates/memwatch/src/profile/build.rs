@@ -114,14 +114,18 @@ impl Profile {
     }
 
     /// Drops each sample's leading locations whose frames are all allocator internals (see
-    /// `ALLOCATOR_PREFIXES`), keeping at least one location. Unsymbolized locations stop the
-    /// trimming. Locations no sample uses any more are kept (harmless in pprof).
+    /// `ALLOCATOR_PREFIXES`), keeping at least one location; then, in the locations that are
+    /// now leaves, the leading inlined frames that are internals (DWARF names inlined std
+    /// functions without their path, so their file tells: `library/alloc/src/`).
+    /// Unsymbolized locations stop the trimming. Locations no sample uses any more are kept
+    /// (harmless in pprof).
     pub fn trim_allocator_frames(&mut self) {
         let internal: Vec<bool> = self
             .locations
             .iter()
-            .map(|l| !l.frames.is_empty() && l.frames.iter().all(|f| is_allocator(&f.function)))
+            .map(|l| !l.frames.is_empty() && l.frames.iter().all(is_internal_frame))
             .collect();
+        let mut leaves = vec![false; self.locations.len()];
         for sample in &mut self.samples {
             let keep_from = sample
                 .locations
@@ -129,8 +133,27 @@ impl Profile {
                 .position(|&i| !internal[i])
                 .unwrap_or(sample.locations.len().saturating_sub(1));
             sample.locations.drain(..keep_from);
+            if let Some(&leaf) = sample.locations.first() {
+                leaves[leaf] = true;
+            }
+        }
+        for (location, _) in self.locations.iter_mut().zip(leaves).filter(|(_, l)| *l) {
+            let keep_from = location
+                .frames
+                .iter()
+                .position(|f| !is_internal_frame(f))
+                .unwrap_or(location.frames.len().saturating_sub(1));
+            location.frames.drain(..keep_from);
         }
     }
+}
+
+fn is_internal_frame(frame: &Frame) -> bool {
+    is_allocator(&frame.function)
+        || frame
+            .file
+            .as_deref()
+            .is_some_and(|f| f.contains("/library/alloc/src/"))
 }
 
 /// Whether `function` is part of the allocator (see `ALLOCATOR_PREFIXES`).
@@ -197,6 +220,32 @@ mod tests {
         assert_eq!(p.samples[0].locations, [4, 5]);
         assert_eq!(p.samples[1].locations, [1]);
         assert_eq!(p.samples[2].locations, [6, 0, 4]);
+        let mut inlined = Profile {
+            locations: vec![Location {
+                address: 0,
+                mapping: None,
+                frames: vec![
+                    Frame {
+                        function: "reserve<alloc::alloc::Global>".into(),
+                        file: Some("/rustc/abc/library/alloc/src/raw_vec/mod.rs".into()),
+                        line: 673,
+                    },
+                    Frame {
+                        function: "app::fill".into(),
+                        file: Some("src/app.rs".into()),
+                        line: 9,
+                    },
+                ],
+            }],
+            samples: vec![Sample {
+                locations: vec![0],
+                ..Sample::default()
+            }],
+            ..Profile::default()
+        };
+        inlined.trim_allocator_frames();
+        assert_eq!(inlined.locations[0].frames.len(), 1);
+        assert_eq!(inlined.locations[0].frames[0].function, "app::fill");
         assert!(is_allocator("free"));
         assert!(!is_allocator("freeaddrinfo"));
         assert!(is_allocator(
