@@ -2,8 +2,9 @@
 //!
 //! Knows nothing of HTTP or of any particular service: it counts allocated bytes at the
 //! allocator (with a peak since the last scrape), reads jemalloc, process and cgroup memory
-//! figures, renders them as Prometheus gauges, dumps raw jemalloc heap profiles, and sets a
-//! backtrace policy that keeps the error path from symbolizing debug info.
+//! figures, renders them as Prometheus gauges, dumps raw jemalloc heap profiles and turns them
+//! into pprof and flame graphs ([`profile`]), and sets a backtrace policy that keeps the error
+//! path from symbolizing debug info.
 //!
 //! # Installing in a binary
 //!
@@ -29,6 +30,7 @@ mod alloc;
 mod backtrace;
 mod cgroup;
 mod elf;
+pub mod profile;
 mod snapshot;
 
 use std::path::PathBuf;

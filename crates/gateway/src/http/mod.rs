@@ -7,6 +7,7 @@
 mod debug;
 mod error;
 mod ops;
+mod pprof;
 mod query;
 mod read_body;
 pub mod server;
@@ -76,6 +77,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/debug/memory", get(debug::memory))
+        .route("/debug/pprof/heap", get(pprof::heap))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))

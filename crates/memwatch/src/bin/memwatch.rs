@@ -1,0 +1,201 @@
+//! `memwatch`: reads heap profiles captured by a service (raw jemalloc dumps or pprof from
+//! `/debug/pprof/heap`) and explains them offline, with file:line from the binary's DWARF.
+//!
+//! ```text
+//! memwatch top FILE [--binary BIN] [-n 20]
+//! memwatch diff BASE NEW [--binary BIN] [-n 20]
+//! memwatch flamegraph FILE [--binary BIN] -o OUT.svg
+//! memwatch symbolize FILE --binary BIN -o OUT.pb.gz
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use memwatch::profile::{Profile, diff, flamegraph_svg, human_bytes, top};
+
+/// Explain heap profiles offline.
+#[derive(Parser)]
+#[command(name = "memwatch", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The functions holding the most live memory.
+    Top {
+        /// Raw jemalloc heap dump or pprof (gzip or not).
+        file: PathBuf,
+        #[command(flatten)]
+        symbols: Symbols,
+        /// How many functions to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+    },
+    /// The functions whose live memory grew most from BASE to NEW.
+    Diff {
+        base: PathBuf,
+        new: PathBuf,
+        #[command(flatten)]
+        symbols: Symbols,
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+    },
+    /// A flame graph of live memory, as SVG.
+    Flamegraph {
+        file: PathBuf,
+        #[command(flatten)]
+        symbols: Symbols,
+        /// Where to write the SVG.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Rewrites a profile as gzip pprof with file:line from the binary's debug info.
+    Symbolize {
+        file: PathBuf,
+        #[command(flatten)]
+        symbols: Symbols,
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct Symbols {
+    /// The profiled binary, or its split debug file (BIN.debug), for function names and
+    /// file:line. Must be the same build (checked by build id when the profile has one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("memwatch: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Top {
+            file,
+            symbols,
+            count,
+        } => {
+            let profile = load(&file, &symbols)?;
+            let total = profile.total_bytes().max(1) as f64;
+            writeln!(
+                out,
+                "{:>12} {:>6} {:>12} {:>6}  function",
+                "flat", "flat%", "cum", "cum%"
+            )?;
+            for row in top(&profile).into_iter().take(count) {
+                let source = row.source.map(|s| format!(" ({s})")).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:>12} {:>5.1}% {:>12} {:>5.1}%  {}{source}",
+                    human_bytes(row.flat_bytes).to_string(),
+                    row.flat_bytes as f64 * 100.0 / total,
+                    human_bytes(row.cum_bytes).to_string(),
+                    row.cum_bytes as f64 * 100.0 / total,
+                    row.function,
+                )?;
+            }
+        }
+        Command::Diff {
+            base,
+            new,
+            symbols,
+            count,
+        } => {
+            let base = load(&base, &symbols)?;
+            let new = load(&new, &symbols)?;
+            writeln!(
+                out,
+                "total {} -> {} ({:+})",
+                human_bytes(base.total_bytes()),
+                human_bytes(new.total_bytes()),
+                human_bytes(new.total_bytes() - base.total_bytes())
+            )?;
+            writeln!(
+                out,
+                "{:>12} {:>12} {:>12}  function",
+                "delta", "base", "new"
+            )?;
+            for row in diff(&base, &new).into_iter().take(count) {
+                writeln!(
+                    out,
+                    "{:>12} {:>12} {:>12}  {}",
+                    format!("{:+}", human_bytes(row.delta())),
+                    human_bytes(row.base_bytes).to_string(),
+                    human_bytes(row.new_bytes).to_string(),
+                    row.function
+                )?;
+            }
+        }
+        Command::Flamegraph {
+            file,
+            symbols,
+            output,
+        } => {
+            let profile = load(&file, &symbols)?;
+            let title = format!("heap {}", file.display());
+            std::fs::write(&output, flamegraph_svg(&profile, &title))
+                .with_context(|| format!("writing {}", output.display()))?;
+        }
+        Command::Symbolize {
+            file,
+            symbols,
+            output,
+        } => {
+            if symbols.binary.is_none() {
+                bail!("symbolize needs --binary");
+            }
+            let profile = load(&file, &symbols)?;
+            std::fs::write(&output, profile.to_pprof_gzip())
+                .with_context(|| format!("writing {}", output.display()))?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Reads a profile and symbolizes it: with DWARF from `--binary`, else from the mapped
+/// files' symbol tables if they are on this machine (raw dumps read where they were taken).
+fn load(path: &Path, symbols: &Symbols) -> anyhow::Result<Profile> {
+    let mut profile =
+        Profile::read_file(path).with_context(|| format!("reading {}", path.display()))?;
+    match &symbols.binary {
+        Some(binary) => {
+            let named = profile
+                .symbolize_offline(binary)
+                .with_context(|| format!("symbolizing {}", path.display()))?;
+            if named == 0 && !profile.samples.is_empty() {
+                bail!(
+                    "{} names no address of {}: wrong binary?",
+                    binary.display(),
+                    path.display()
+                );
+            }
+        }
+        None => profile.symbolize_in_process(),
+    }
+    profile.trim_allocator_frames();
+    Ok(profile)
+}
