@@ -217,8 +217,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("timeline.bin");
         let mut file = Vec::new();
-        // A tiny scratch forces several chunks.
-        let mut scratch = Vec::with_capacity(20);
+        // A small scratch (header + one sample) forces several chunks.
+        let mut scratch = Vec::with_capacity(64);
         let written = ring
             .write_file(&mut scratch, 9000, 1_700_000_000_000, |b| {
                 file.extend_from_slice(b);
@@ -226,7 +226,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(written as usize, file.len());
-        assert_eq!(scratch.capacity(), 20, "scratch must not grow");
+        assert_eq!(scratch.capacity(), 64, "scratch must not grow");
         std::fs::write(&path, &file).unwrap();
 
         let t = read_timeline(&path).unwrap();
