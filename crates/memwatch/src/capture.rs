@@ -106,8 +106,8 @@ impl Capturer {
             .or_else(|_| std::env::current_exe())
             .unwrap_or_default();
         let binary_len = binary.as_os_str().len();
-        let mut scratch = Vec::with_capacity(64 * 1024);
-        scratch.resize(scratch.capacity(), 0); // touch the pages now
+        // Non-zero fill: written (so resident) now, unlike calloc'd zeroes.
+        let scratch = vec![0xa5u8; 64 * 1024];
         Ok(Self {
             dir: dir.to_path_buf(),
             dir_fd,

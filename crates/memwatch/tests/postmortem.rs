@@ -27,7 +27,9 @@ timeline_resolution_ns=1000000\ncapture_ns=2000000\ncomplete=1\n";
 /// one cut short (its directory never got its final name).
 fn captures(root: &Path) -> std::path::PathBuf {
     let dir = root.join("captures");
-    let older = META.replace("share-90", "share-60").replace("1700000000000", "1699999999000");
+    let older = META
+        .replace("share-90", "share-60")
+        .replace("1700000000000", "1699999999000");
     tree(
         &dir,
         &[
@@ -35,7 +37,10 @@ fn captures(root: &Path) -> std::path::PathBuf {
             ("capture-1699999999000-0001/heap.prof", "heap_v2/524288\n"),
             ("capture-1700000000000-0002/meta.txt", META),
             ("capture-1700000000000-0002/heap.prof", "heap_v2/524288\n"),
-            (".tmp-capture-1700000000100-0003/meta.txt", "memwatch_capture=1\ntrigger=grow"),
+            (
+                ".tmp-capture-1700000000100-0003/meta.txt",
+                "memwatch_capture=1\ntrigger=grow",
+            ),
             ("unrelated.txt", "not a capture"),
         ],
     );
@@ -53,7 +58,10 @@ fn v2_oom_kills_and_the_newest_capture_make_the_summary() {
                 "proc/self/mountinfo",
                 "30 22 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
             ),
-            ("sys/fs/cgroup/kubepods/pod1/ctr/memory.current", "52428800\n"),
+            (
+                "sys/fs/cgroup/kubepods/pod1/ctr/memory.current",
+                "52428800\n",
+            ),
             ("sys/fs/cgroup/kubepods/pod1/ctr/memory.max", "268435456\n"),
             (
                 "sys/fs/cgroup/kubepods/pod1/ctr/memory.events",
@@ -81,7 +89,10 @@ fn v2_oom_kills_and_the_newest_capture_make_the_summary() {
     assert_eq!((pm.captures, pm.incomplete), (2, 1));
     let latest = pm.latest.as_ref().unwrap();
     assert_eq!(latest.trigger.as_deref(), Some("share-90"));
-    assert_eq!(latest.heap_profile, Some(dir.join("capture-1700000000000-0002/heap.prof")));
+    assert_eq!(
+        latest.heap_profile,
+        Some(dir.join("capture-1700000000000-0002/heap.prof"))
+    );
     assert_eq!(latest.timeline, None, "no timeline file in the fixture");
     let summary = pm.to_string();
     for part in [
@@ -100,7 +111,10 @@ fn v2_oom_kills_and_the_newest_capture_make_the_summary() {
     let mut out = String::new();
     pm.write_prometheus(&mut out);
     assert!(out.contains("memwatch_postmortem_oom_kills 2\n"), "{out}");
-    assert!(out.contains("memwatch_postmortem_last_capture_timestamp_seconds 1700000000\n"), "{out}");
+    assert!(
+        out.contains("memwatch_postmortem_last_capture_timestamp_seconds 1700000000\n"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -128,7 +142,10 @@ fn v1_oom_control_count_and_no_capture() {
     assert_eq!(pm.oom_kills, Some(1));
     assert!(pm.has_incident());
     let summary = pm.to_string();
-    assert!(summary.contains("has recorded 1 oom kill; no capture in"), "{summary}");
+    assert!(
+        summary.contains("has recorded 1 oom kill; no capture in"),
+        "{summary}"
+    );
 
     let quiet = postmortem_with(&root.path().join("none"), None);
     assert!(!quiet.has_incident());

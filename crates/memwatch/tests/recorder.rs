@@ -96,7 +96,10 @@ fn a_20ms_spike_is_captured_while_a_500ms_poller_in_the_same_run_misses_it() {
             .unwrap()
             .iter()
             .any(|(at, _)| (started..=ended).contains(at));
-        println!("round {round}: spike lasted {:?}, polled during it: {polled_during}", ended - started);
+        println!(
+            "round {round}: spike lasted {:?}, polled during it: {polled_during}",
+            ended - started
+        );
         if !polled_during {
             clean_round = Some(round);
             break;
@@ -104,7 +107,9 @@ fn a_20ms_spike_is_captured_while_a_500ms_poller_in_the_same_run_misses_it() {
     }
     // Let the poller take one more sample after the spike, then stop it.
     let seen = poll_count();
-    wait_for("a last poll", Duration::from_secs(2), || poll_count() > seen);
+    wait_for("a last poll", Duration::from_secs(2), || {
+        poll_count() > seen
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     poller.join().unwrap();
     let polls: Vec<u64> = polls.lock().unwrap().iter().map(|(_, b)| *b).collect();
@@ -137,9 +142,15 @@ fn a_20ms_spike_is_captured_while_a_500ms_poller_in_the_same_run_misses_it() {
         polls.iter().map(|b| b / MIB).collect::<Vec<_>>(),
     );
     assert!(last.detection_latency.is_some(), "seen at the allocator");
-    assert!(timeline.peak_allocated_bytes() >= 90 * MIB, "the timeline shows the spike");
+    assert!(
+        timeline.peak_allocated_bytes() >= 90 * MIB,
+        "the timeline shows the spike"
+    );
     if clean_round == Some(1) {
-        assert!(poller_max < 96 * MIB, "the poller missed the spike: {polls:?}");
+        assert!(
+            poller_max < 96 * MIB,
+            "the poller missed the spike: {polls:?}"
+        );
     }
 }
 
@@ -153,7 +164,10 @@ fn captures_are_complete_listed_and_kept_within_the_disk_budget() {
     std::fs::create_dir_all(dir.path().join(".tmp-capture-0000000000001-0001")).unwrap();
     let recorder = Recorder::start(config.clone()).unwrap();
     assert!(
-        matches!(Recorder::start(config), Err(memwatch::RecorderError::AlreadyRunning)),
+        matches!(
+            Recorder::start(config),
+            Err(memwatch::RecorderError::AlreadyRunning)
+        ),
         "one recorder per process"
     );
     let keep = black_box(vec![7u8; 8 * MIB as usize]);
@@ -166,23 +180,44 @@ fn captures_are_complete_listed_and_kept_within_the_disk_budget() {
     drop(keep);
     let status = recorder.status();
     recorder.stop();
-    assert_eq!(status.capture_failures_total, 0, "{:?}", status.last_failure);
+    assert_eq!(
+        status.capture_failures_total, 0,
+        "{:?}",
+        status.last_failure
+    );
     assert!(status.samples_total > 0);
     let mut out = String::new();
     status.write_prometheus(&mut out);
-    assert!(out.contains("memwatch_recorder_captures_total 3\n"), "{out}");
+    assert!(
+        out.contains("memwatch_recorder_captures_total 3\n"),
+        "{out}"
+    );
 
     let captures = memwatch::captures(dir.path()).unwrap();
-    assert_eq!(captures.len(), 2, "budget of 2, oldest removed: {captures:?}");
+    assert_eq!(
+        captures.len(),
+        2,
+        "budget of 2, oldest removed: {captures:?}"
+    );
     let newest = captures.last().unwrap();
-    assert_eq!(Some(&newest.path), status.last_capture.as_ref().map(|c| &c.path));
+    assert_eq!(
+        Some(&newest.path),
+        status.last_capture.as_ref().map(|c| &c.path)
+    );
     for c in &captures {
         assert!(c.complete);
         assert_eq!(c.trigger.as_deref(), Some("manual"));
         assert_eq!(c.pid, Some(std::process::id()));
-        assert_eq!(c.binary.as_deref(), Some(std::env::current_exe().unwrap().as_path()));
+        assert_eq!(
+            c.binary.as_deref(),
+            Some(std::env::current_exe().unwrap().as_path())
+        );
         let heap = std::fs::read_to_string(c.heap_profile.as_ref().unwrap()).unwrap();
-        assert!(heap.starts_with("heap_v2/"), "{}", &heap[..heap.len().min(100)]);
+        assert!(
+            heap.starts_with("heap_v2/"),
+            "{}",
+            &heap[..heap.len().min(100)]
+        );
         assert!(heap.contains("MAPPED_LIBRARIES"));
         let timeline = memwatch::read_timeline(c.timeline.as_ref().unwrap()).unwrap();
         assert!(!timeline.samples.is_empty());
@@ -193,7 +228,10 @@ fn captures_are_complete_listed_and_kept_within_the_disk_budget() {
     let postmortem = memwatch::postmortem(dir.path());
     let summary = postmortem.to_string();
     assert_eq!(postmortem.captures, 2);
-    assert!(summary.contains(&newest.path.display().to_string()), "{summary}");
+    assert!(
+        summary.contains(&newest.path.display().to_string()),
+        "{summary}"
+    );
     assert!(summary.contains("on trigger manual"), "{summary}");
     println!("{summary}");
 }

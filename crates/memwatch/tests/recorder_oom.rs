@@ -47,8 +47,14 @@ fn parent() -> ExitCode {
     let strict = std::env::var_os("ENGINE_GATEWAY_SLOW_TESTS").is_some_and(|v| v == "1");
     let pid = std::process::id();
     for (name, test) in [
-        ("burst", oom_burst_is_captured_before_the_kill as fn(&ChildCgroup)),
-        ("incident", incident_is_captured_the_first_time as fn(&ChildCgroup)),
+        (
+            "burst",
+            oom_burst_is_captured_before_the_kill as fn(&ChildCgroup),
+        ),
+        (
+            "incident",
+            incident_is_captured_the_first_time as fn(&ChildCgroup),
+        ),
     ] {
         let cgroup = match ChildCgroup::create(&format!("memwatch-test-{pid}-{name}"), LIMIT) {
             Ok(cgroup) => cgroup,
@@ -57,7 +63,9 @@ fn parent() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             Err(err) => {
-                println!("skipped: cannot create a memory cgroup ({err}); CI sets ENGINE_GATEWAY_SLOW_TESTS=1 to make this fail");
+                println!(
+                    "skipped: cannot create a memory cgroup ({err}); CI sets ENGINE_GATEWAY_SLOW_TESTS=1 to make this fail"
+                );
                 return ExitCode::SUCCESS;
             }
         };
@@ -70,7 +78,12 @@ fn parent() -> ExitCode {
 }
 
 /// Runs this binary as `mode` inside `cgroup`, writing captures under `dir`.
-fn run_child(cgroup: &ChildCgroup, mode: &str, dir: &Path, env: &[(&str, &str)]) -> (std::process::ExitStatus, String, Duration) {
+fn run_child(
+    cgroup: &ChildCgroup,
+    mode: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, Duration) {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .env(CHILD_ENV, mode)
@@ -101,8 +114,16 @@ fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
     let died_at_ms = unix_ms();
     let kills_after = cgroup.oom_kills();
     println!("burst child: {status} after {took:?}, oom_kill {kills_before} -> {kills_after}");
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "killed (exit 137): {output}");
-    assert_eq!(kills_after, kills_before + 1, "the kernel's OOM killer did it");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed (exit 137): {output}"
+    );
+    assert_eq!(
+        kills_after,
+        kills_before + 1,
+        "the kernel's OOM killer did it"
+    );
 
     let list = memwatch::captures(&captures).unwrap();
     let complete: Vec<_> = list.iter().filter(|c| c.complete).collect();
@@ -119,18 +140,36 @@ fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
             c.heap_profile.is_some(),
         );
     }
-    let first = complete.first().unwrap_or_else(|| panic!("no complete capture: {list:?}\n{output}"));
+    let first = complete
+        .first()
+        .unwrap_or_else(|| panic!("no complete capture: {list:?}\n{output}"));
     assert!(first.unix_ms.unwrap() <= died_at_ms);
     assert_eq!(first.limit_bytes, Some(LIMIT), "limit read from the cgroup");
     assert_eq!(first.cgroup_limit_bytes, Some(LIMIT));
-    assert!(first.trigger.as_deref().unwrap().starts_with("share-") || first.trigger.as_deref() == Some("growth"));
+    assert!(
+        first.trigger.as_deref().unwrap().starts_with("share-")
+            || first.trigger.as_deref() == Some("growth")
+    );
     let timeline = memwatch::read_timeline(first.timeline.as_ref().unwrap()).unwrap();
-    assert!(timeline.peak_allocated_bytes() >= LIMIT / 4, "the burst is on the timeline");
-    assert!(timeline.samples.iter().any(|s| s.cgroup_usage_bytes.is_some()), "cgroup usage sampled");
+    assert!(
+        timeline.peak_allocated_bytes() >= LIMIT / 4,
+        "the burst is on the timeline"
+    );
+    assert!(
+        timeline
+            .samples
+            .iter()
+            .any(|s| s.cgroup_usage_bytes.is_some()),
+        "cgroup usage sampled"
+    );
 
     // Each raw heap profile holds return addresses inside `oom_burst` (symbolizing them into
     // the name is the `memwatch` CLI's job; here: the addresses are there).
-    let runtime: u64 = std::fs::read_to_string(dir.path().join("burst_addr")).unwrap().trim().parse().unwrap();
+    let runtime: u64 = std::fs::read_to_string(dir.path().join("burst_addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let (_, size) = function_symbol(&std::env::current_exe().unwrap(), "oom_burst").unwrap();
     let in_burst = |a: u64| (runtime..runtime + size).contains(&a);
     for c in &complete {
@@ -139,11 +178,26 @@ fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
         let stacks: Vec<Vec<u64>> = heap
             .lines()
             .filter_map(|l| l.strip_prefix("@ "))
-            .map(|l| l.split(' ').filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()).collect())
+            .map(|l| {
+                l.split(' ')
+                    .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+                    .collect()
+            })
             .collect();
-        let burst_stacks = stacks.iter().filter(|s| s.iter().copied().any(in_burst)).count();
-        println!("  {}: {} stacks, {burst_stacks} through oom_burst ({runtime:#x}, {size} bytes)", c.name, stacks.len());
-        assert!(burst_stacks >= 1, "no stack through oom_burst in {}", c.name);
+        let burst_stacks = stacks
+            .iter()
+            .filter(|s| s.iter().copied().any(in_burst))
+            .count();
+        println!(
+            "  {}: {} stacks, {burst_stacks} through oom_burst ({runtime:#x}, {size} bytes)",
+            c.name,
+            stacks.len()
+        );
+        assert!(
+            burst_stacks >= 1,
+            "no stack through oom_burst in {}",
+            c.name
+        );
         assert!(c.build_id.as_ref().is_some_and(|id| !id.is_empty()));
     }
     // What the next start would log, with this cgroup's figures.
@@ -164,25 +218,46 @@ fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
 fn incident_is_captured_the_first_time(cgroup: &ChildCgroup) {
     let dir = tempfile::tempdir().unwrap();
     let captures = dir.path().join("captures");
-    let (status, output, took) = run_child(cgroup, "incident", &captures, &[("RUST_BACKTRACE", "1")]);
+    let (status, output, took) =
+        run_child(cgroup, "incident", &captures, &[("RUST_BACKTRACE", "1")]);
     let kills = cgroup.oom_kills();
     println!("incident child: {status} after {took:?}, oom_kill {kills}");
-    let marks: Vec<&str> = output.lines().filter(|l| l.starts_with("incident:")).collect();
+    let marks: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("incident:"))
+        .collect();
     println!("  {}", marks.join("\n  "));
-    assert!(output.contains("incident: first error printed") || status.signal() == Some(libc::SIGKILL), "{output}");
-    assert!(output.contains("stack backtrace") || output.contains("Stack backtrace"), "anyhow printed a backtrace: {output}");
+    assert!(
+        output.contains("incident: first error printed") || status.signal() == Some(libc::SIGKILL),
+        "{output}"
+    );
+    assert!(
+        output.contains("stack backtrace") || output.contains("Stack backtrace"),
+        "anyhow printed a backtrace: {output}"
+    );
     let list = memwatch::captures(&captures).unwrap();
     for c in &list {
         println!(
             "  {} complete={} trigger={:?} allocated={} MiB cgroup={} MiB detect={:?} capture={:?}",
-            c.name, c.complete, c.trigger, c.allocated_bytes.unwrap_or(0) / MIB,
-            c.cgroup_usage_bytes.unwrap_or(0) / MIB, c.detection_latency, c.capture_duration,
+            c.name,
+            c.complete,
+            c.trigger,
+            c.allocated_bytes.unwrap_or(0) / MIB,
+            c.cgroup_usage_bytes.unwrap_or(0) / MIB,
+            c.detection_latency,
+            c.capture_duration,
         );
     }
-    let first = list.iter().find(|c| c.complete).unwrap_or_else(|| panic!("no capture on the first incident: {output}"));
+    let first = list
+        .iter()
+        .find(|c| c.complete)
+        .unwrap_or_else(|| panic!("no capture on the first incident: {output}"));
     assert!(first.heap_profile.is_some());
     assert_eq!(first.trigger.as_deref(), Some("growth"));
-    assert!(first.allocated_bytes.unwrap() >= 48 * MIB + LIMIT / 8, "the incident's growth, not the baseline's");
+    assert!(
+        first.allocated_bytes.unwrap() >= 48 * MIB + LIMIT / 8,
+        "the incident's growth, not the baseline's"
+    );
 }
 
 /// The child of test 1: records, then allocates 1 MiB blocks until killed.
@@ -213,12 +288,20 @@ fn child_incident() -> ExitCode {
     // binaries cost +60 to +200 MiB. The growth rung is set to +12.5 % of the limit per second
     // (32 MiB) so that this milder incident is one; everything else is the default ladder.
     let mut config = memwatch::RecorderConfig::new(&dir);
-    config.growth = Some(memwatch::Growth { share: 0.125, window: Duration::from_secs(1) });
+    config.growth = Some(memwatch::Growth {
+        share: 0.125,
+        window: Duration::from_secs(1),
+    });
     // The service's steady state (under 50 MiB for months), reached before the incident.
-    let baseline: Vec<Vec<u8>> = (0..48).map(|_| black_box(vec![1u8; MIB as usize])).collect();
+    let baseline: Vec<Vec<u8>> = (0..48)
+        .map(|_| black_box(vec![1u8; MIB as usize]))
+        .collect();
     let recorder = memwatch::Recorder::start(config).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    println!("incident: baseline {} MiB allocated", memwatch::allocated_bytes().unwrap() / MIB);
+    println!(
+        "incident: baseline {} MiB allocated",
+        memwatch::allocated_bytes().unwrap() / MIB
+    );
     if let Ok(cost) = memwatch::SymbolizationCost::of_current_exe() {
         println!("incident: debug info {cost}");
     }

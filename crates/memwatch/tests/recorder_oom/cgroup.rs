@@ -23,9 +23,14 @@ impl ChildCgroup {
             .find_map(|l| {
                 let mut f = l.splitn(3, ':');
                 let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
-                ctl.split(',').any(|c| c == "memory").then(|| (false, path.to_string()))
+                ctl.split(',')
+                    .any(|c| c == "memory")
+                    .then(|| (false, path.to_string()))
             })
-            .or_else(|| own.lines().find_map(|l| l.strip_prefix("0::").map(|p| (true, p.to_string()))))
+            .or_else(|| {
+                own.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(|p| (true, p.to_string())))
+            })
             .ok_or("no memory cgroup in /proc/self/cgroup")?;
         let mine = memwatch::cgroup_memory().map_err(|e| e.to_string())?;
         if !mine.path.ends_with(rel.trim_start_matches('/')) {
@@ -51,12 +56,17 @@ impl ChildCgroup {
 
     fn write(&self, file: &str, value: u64) -> Result<(), String> {
         let path = self.dir.join(file);
-        std::fs::write(&path, value.to_string()).map_err(|e| format!("writing {}: {e}", path.display()))
+        std::fs::write(&path, value.to_string())
+            .map_err(|e| format!("writing {}: {e}", path.display()))
     }
 
     /// OOM kills recorded by the kernel (v1 `memory.oom_control`, v2 `memory.events`).
     pub fn oom_kills(&self) -> u64 {
-        let file = if self.v2 { "memory.events" } else { "memory.oom_control" };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         let text = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
         text.lines()
             .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
