@@ -121,22 +121,53 @@ fn overhead(dir: &std::path::Path) {
     const PAIRS: u32 = 10_000_000;
     // Armed but never crossed, as in production.
     let recorder = Recorder::start(config(dir, 0.9)).expect("recorder");
-    println!("### allocator overhead (ns per alloc+free pair, {PAIRS} pairs, best of 3)\n");
+    println!(
+        "### allocator overhead (ns per alloc+free pair, {PAIRS} pairs, best of 5 interleaved runs)\n"
+    );
     println!(
         "| size | jemalloc | memwatch::Allocator + armed recorder | overhead |\n|---|---|---|---|"
     );
     for size in [16usize, 256, 4096, 64 * 1024] {
         let layout = Layout::from_size_align(size, 8).expect("layout");
-        let best = |f: &dyn Fn() -> f64| (0..3).map(|_| f()).fold(f64::MAX, f64::min);
-        let plain = best(&|| per_pair(&tikv_jemallocator::Jemalloc, layout, PAIRS));
-        let counting = best(&|| per_pair(&GLOBAL, layout, PAIRS));
+        let (mut plain, mut counting) = (f64::MAX, f64::MAX);
+        for _ in 0..5 {
+            plain = plain.min(per_pair(&tikv_jemallocator::Jemalloc, layout, PAIRS));
+            counting = counting.min(per_pair(&GLOBAL, layout, PAIRS));
+        }
         println!(
             "| {size} B | {plain:.2} | {counting:.2} | {:+.2} |",
             counting - plain
         );
     }
     println!();
+    let cpu = |r: &Recorder| recorder_cpu_ticks().map(|t| (t, r.status().samples_total));
+    let before = cpu(&recorder);
+    std::thread::sleep(Duration::from_secs(5));
+    if let (Some((t0, s0)), Some((t1, s1))) = (before, cpu(&recorder)) {
+        // Clock ticks are 10 ms (USER_HZ 100).
+        println!(
+            "Recorder thread while idle: {:.1} % of one core over 5 s ({} samples/s).\n",
+            (t1 - t0) as f64 * 10.0 / 5000.0 * 100.0,
+            (s1 - s0) / 5
+        );
+    }
     recorder.stop();
+}
+
+/// utime + stime (clock ticks) of the `memwatch-recorder` thread, from /proc.
+fn recorder_cpu_ticks() -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        if comm.ends_with("memwatch-record") {
+            let fields: Vec<&str> = rest.split(' ').collect();
+            // After "pid (comm) ": state is field 0, utime 11, stime 12.
+            return Some(
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
+            );
+        }
+    }
+    None
 }
 
 fn per_pair(allocator: &dyn GlobalAlloc, layout: Layout, pairs: u32) -> f64 {
