@@ -19,7 +19,8 @@ Notes:
   a spike that triggers a capture lasts ~10-30 ms longer than held: hence a 500 ms poller
   catches some 50 ms spikes. Pollers read the same allocator counter at a random phase.
 - Allocator overhead: the counting is a thread-local add per call plus, per 128 KiB of net
-  change, a fold (two atomic RMWs and the recorder's armed-level load). The 64 KiB row folds
-  every other call; jemalloc's heap-profile sampling (lg_prof_sample:19) is on in both columns.
+  change, a fold (two atomic RMWs and the recorder's armed-level load). An alloc+free pair
+  cancels in the thread-local delta, so these rows measure the thread-local path; a fold costs
+  a few ns more once per 128 KiB. jemalloc's heap-profile sampling is on in both columns.
 NOTES
 } | tee "$out"
