@@ -253,6 +253,8 @@ fn fold(delta: i64) {
     let now = CURRENT.fetch_add(delta, Ordering::Relaxed) + delta;
     if delta > 0 {
         PEAK.fetch_max(now, Ordering::Relaxed);
+        // The flight recorder's armed threshold: one relaxed load unless crossed.
+        crate::wake::check(now);
     }
     if !INSTALLED.load(Ordering::Relaxed) {
         INSTALLED.store(true, Ordering::Relaxed);

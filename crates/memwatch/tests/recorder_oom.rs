@@ -1,0 +1,338 @@
+//! Real OOM kills: a child process in a 256 MiB memory cgroup (created by this test under its
+//! own memory cgroup, removed afterwards) runs the flight recorder and blows past the limit.
+//!
+//! 1. `burst`: allocates 1 MiB blocks until the kernel kills it (SIGKILL, exit 137). The capture
+//!    directory must hold a complete capture taken before the kill, whose raw heap profile
+//!    holds return addresses inside `oom_burst`.
+//! 2. `incident`: the incident this project exists for — an `anyhow` error with
+//!    `RUST_BACKTRACE=1`, printed with `{:?}`, making std symbolize the binary's debug info.
+//!    A capture must be taken on that first incident.
+//!
+//! Own `main` (harness = false): the same binary is re-executed as the child. Without the
+//! rights to create a cgroup the test prints a skip notice, and fails when
+//! `ENGINE_GATEWAY_SLOW_TESTS=1` (CI).
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+#[path = "recorder_oom/cgroup.rs"]
+mod cgroup;
+
+use std::hint::black_box;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use cgroup::{ChildCgroup, function_symbol};
+
+#[global_allocator]
+static GLOBAL: memwatch::Allocator = memwatch::Allocator::new();
+
+memwatch::malloc_conf!();
+
+const MIB: u64 = 1024 * 1024;
+const LIMIT: u64 = 256 * MIB;
+const CHILD_ENV: &str = "MEMWATCH_RECORDER_CHILD";
+const DIR_ENV: &str = "MEMWATCH_RECORDER_DIR";
+
+fn main() -> ExitCode {
+    match std::env::var(CHILD_ENV).as_deref() {
+        Ok("burst") => child_burst(),
+        Ok("incident") => child_incident(),
+        _ => parent(),
+    }
+}
+
+fn parent() -> ExitCode {
+    let strict = std::env::var_os("ENGINE_GATEWAY_SLOW_TESTS").is_some_and(|v| v == "1");
+    let pid = std::process::id();
+    for (name, test) in [
+        (
+            "burst",
+            oom_burst_is_captured_before_the_kill as fn(&ChildCgroup),
+        ),
+        (
+            "incident",
+            incident_is_captured_the_first_time as fn(&ChildCgroup),
+        ),
+    ] {
+        let cgroup = match ChildCgroup::create(&format!("memwatch-test-{pid}-{name}"), LIMIT) {
+            Ok(cgroup) => cgroup,
+            Err(err) if strict => {
+                eprintln!("error: cannot create a memory cgroup for the OOM tests: {err}");
+                return ExitCode::FAILURE;
+            }
+            Err(err) => {
+                println!(
+                    "skipped: cannot create a memory cgroup ({err}); CI sets ENGINE_GATEWAY_SLOW_TESTS=1 to make this fail"
+                );
+                return ExitCode::SUCCESS;
+            }
+        };
+        println!("test {name} in {}", cgroup.dir.display());
+        test(&cgroup);
+        drop(cgroup);
+        println!("test {name} ... ok");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs this binary as `mode` inside `cgroup`, writing captures under `dir`.
+fn run_child(
+    cgroup: &ChildCgroup,
+    mode: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, Duration) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env(CHILD_ENV, mode)
+        .env(DIR_ENV, dir)
+        .env_remove("RUST_LIB_BACKTRACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    cgroup.join_on_exec(&mut command);
+    let started = Instant::now();
+    let out = command.output().unwrap();
+    let took = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text, took)
+}
+
+fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
+    let dir = tempfile::tempdir().unwrap();
+    let captures = dir.path().join("captures");
+    let kills_before = cgroup.oom_kills();
+    let (status, output, took) = run_child(cgroup, "burst", &captures, &[]);
+    let died_at_ms = unix_ms();
+    let kills_after = cgroup.oom_kills();
+    println!("burst child: {status} after {took:?}, oom_kill {kills_before} -> {kills_after}");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed (exit 137): {output}"
+    );
+    assert_eq!(
+        kills_after,
+        kills_before + 1,
+        "the kernel's OOM killer did it"
+    );
+
+    let list = memwatch::captures(&captures).unwrap();
+    let complete: Vec<_> = list.iter().filter(|c| c.complete).collect();
+    for c in &list {
+        println!(
+            "  {} complete={} trigger={:?} allocated={} MiB cgroup={} MiB detect={:?} capture={:?} heap={}",
+            c.name,
+            c.complete,
+            c.trigger,
+            c.allocated_bytes.unwrap_or(0) / MIB,
+            c.cgroup_usage_bytes.unwrap_or(0) / MIB,
+            c.detection_latency,
+            c.capture_duration,
+            c.heap_profile.is_some(),
+        );
+    }
+    let first = complete
+        .first()
+        .unwrap_or_else(|| panic!("no complete capture: {list:?}\n{output}"));
+    assert!(first.unix_ms.unwrap() <= died_at_ms);
+    assert_eq!(first.limit_bytes, Some(LIMIT), "limit read from the cgroup");
+    assert_eq!(first.cgroup_limit_bytes, Some(LIMIT));
+    assert!(
+        first.trigger.as_deref().unwrap().starts_with("share-")
+            || first.trigger.as_deref() == Some("growth")
+    );
+    let timeline = memwatch::read_timeline(first.timeline.as_ref().unwrap()).unwrap();
+    assert!(
+        timeline.peak_allocated_bytes() >= LIMIT / 4,
+        "the burst is on the timeline"
+    );
+    assert!(
+        timeline
+            .samples
+            .iter()
+            .any(|s| s.cgroup_usage_bytes.is_some()),
+        "cgroup usage sampled"
+    );
+
+    // Each raw heap profile holds return addresses inside `oom_burst` (symbolizing them into
+    // the name is the `memwatch` CLI's job; here: the addresses are there).
+    let runtime: u64 = std::fs::read_to_string(dir.path().join("burst_addr"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_, size) = function_symbol(&std::env::current_exe().unwrap(), "oom_burst").unwrap();
+    let in_burst = |a: u64| (runtime..runtime + size).contains(&a);
+    for c in &complete {
+        let heap = std::fs::read_to_string(c.heap_profile.as_ref().unwrap()).unwrap();
+        assert!(heap.starts_with("heap_v2/") && heap.contains("MAPPED_LIBRARIES"));
+        let stacks: Vec<Vec<u64>> = heap
+            .lines()
+            .filter_map(|l| l.strip_prefix("@ "))
+            .map(|l| {
+                l.split(' ')
+                    .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+                    .collect()
+            })
+            .collect();
+        let burst_stacks = stacks
+            .iter()
+            .filter(|s| s.iter().copied().any(in_burst))
+            .count();
+        println!(
+            "  {}: {} stacks, {burst_stacks} through oom_burst ({runtime:#x}, {size} bytes)",
+            c.name,
+            stacks.len()
+        );
+        assert!(
+            burst_stacks >= 1,
+            "no stack through oom_burst in {}",
+            c.name
+        );
+        assert!(c.build_id.as_ref().is_some_and(|id| !id.is_empty()));
+    }
+    // What the next start would log, with this cgroup's figures.
+    let figures = memwatch::CgroupMemory {
+        version: memwatch::CgroupVersion::V1,
+        path: cgroup.dir.clone(),
+        usage_bytes: None,
+        limit_bytes: Some(LIMIT),
+        peak_bytes: None,
+        inactive_file_bytes: None,
+        oom_kills: Some(kills_after),
+    };
+    let summary = memwatch::postmortem_with(&captures, Some(&figures)).to_string();
+    println!("  postmortem: {summary}");
+    assert!(summary.contains("has recorded 1 oom kill;"), "{summary}");
+}
+
+fn incident_is_captured_the_first_time(cgroup: &ChildCgroup) {
+    let dir = tempfile::tempdir().unwrap();
+    let captures = dir.path().join("captures");
+    let (status, output, took) =
+        run_child(cgroup, "incident", &captures, &[("RUST_BACKTRACE", "1")]);
+    let kills = cgroup.oom_kills();
+    println!("incident child: {status} after {took:?}, oom_kill {kills}");
+    let marks: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("incident:"))
+        .collect();
+    println!("  {}", marks.join("\n  "));
+    assert!(
+        output.contains("incident: first error printed") || status.signal() == Some(libc::SIGKILL),
+        "{output}"
+    );
+    assert!(
+        output.contains("stack backtrace") || output.contains("Stack backtrace"),
+        "anyhow printed a backtrace: {output}"
+    );
+    let list = memwatch::captures(&captures).unwrap();
+    for c in &list {
+        println!(
+            "  {} complete={} trigger={:?} allocated={} MiB cgroup={} MiB detect={:?} capture={:?}",
+            c.name,
+            c.complete,
+            c.trigger,
+            c.allocated_bytes.unwrap_or(0) / MIB,
+            c.cgroup_usage_bytes.unwrap_or(0) / MIB,
+            c.detection_latency,
+            c.capture_duration,
+        );
+    }
+    let first = list
+        .iter()
+        .find(|c| c.complete)
+        .unwrap_or_else(|| panic!("no capture on the first incident: {output}"));
+    assert!(first.heap_profile.is_some());
+    assert_eq!(first.trigger.as_deref(), Some("growth"));
+    assert!(
+        first.allocated_bytes.unwrap() >= 48 * MIB + LIMIT / 8,
+        "the incident's growth, not the baseline's"
+    );
+}
+
+/// The child of test 1: records, then allocates 1 MiB blocks until killed.
+fn child_burst() -> ExitCode {
+    let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
+    let recorder = memwatch::Recorder::start(memwatch::RecorderConfig::new(&dir)).unwrap();
+    let addr = oom_burst as fn() -> Vec<Vec<u8>> as usize;
+    std::fs::write(dir.parent().unwrap().join("burst_addr"), addr.to_string()).unwrap();
+    let held = oom_burst();
+    drop(recorder);
+    println!("not killed with {} MiB", held.len());
+    ExitCode::FAILURE
+}
+
+#[inline(never)]
+fn oom_burst() -> Vec<Vec<u8>> {
+    let mut held = Vec::with_capacity(4096);
+    for _ in 0..4096 {
+        held.push(black_box(vec![0x5au8; MIB as usize]));
+    }
+    held
+}
+
+/// The child of test 2: a service-like baseline, then errors whose `{:?}` symbolizes.
+fn child_incident() -> ExitCode {
+    let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
+    // This test binary's debug info is small: symbolizing it costs ~+40 MiB where service
+    // binaries cost +60 to +200 MiB. The growth rung is set to +12.5 % of the limit per second
+    // (32 MiB) so that this milder incident is one; everything else is the default ladder.
+    let mut config = memwatch::RecorderConfig::new(&dir);
+    config.growth = Some(memwatch::Growth {
+        share: 0.125,
+        window: Duration::from_secs(1),
+    });
+    // The service's steady state (under 50 MiB for months), reached before the incident.
+    let baseline: Vec<Vec<u8>> = (0..48)
+        .map(|_| black_box(vec![1u8; MIB as usize]))
+        .collect();
+    let recorder = memwatch::Recorder::start(config).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    println!(
+        "incident: baseline {} MiB allocated",
+        memwatch::allocated_bytes().unwrap() / MIB
+    );
+    if let Ok(cost) = memwatch::SymbolizationCost::of_current_exe() {
+        println!("incident: debug info {cost}");
+    }
+    let started = Instant::now();
+    let err = handle_request(7).unwrap_err();
+    // The log line of the incident: Debug of an error with a captured backtrace.
+    eprintln!("request failed: {err:?}");
+    println!(
+        "incident: first error printed after {:?}, allocated now {} MiB, peak {} MiB",
+        started.elapsed(),
+        memwatch::allocated_bytes().unwrap() / MIB,
+        memwatch::peek_peak().unwrap() / MIB
+    );
+    let waited = Instant::now();
+    while recorder.status().captures_total == 0 && waited.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(baseline);
+    ExitCode::SUCCESS
+}
+
+fn handle_request(id: u32) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let path = format!("/nonexistent/stream/{id}");
+    std::fs::read(&path).with_context(|| format!("reading stream {id}"))?;
+    Ok(())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
