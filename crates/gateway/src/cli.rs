@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Body bytes held in memory at once, all connections together.
     #[arg(long, env = "ENGINE_GATEWAY_INFLIGHT_BYTES", value_name = "BYTES")]
     pub inflight_bytes: Option<usize>,
+    /// Memory limit in bytes for the soft limit and the flight recorder [default: the cgroup's].
+    #[arg(long, env = "ENGINE_GATEWAY_MEMORY_LIMIT", value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config: args.config,
         max_connections: args.max_connections,
         inflight_bytes: args.inflight_bytes,
+        memory_limit: args.memory_limit,
     })?;
     let listener = TcpListener::bind(config.listen)
         .await

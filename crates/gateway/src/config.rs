@@ -21,6 +21,42 @@ pub struct Config {
     /// Bytes of request/response bodies held in memory at once, all connections together.
     pub inflight_bytes: usize,
     pub jwt: Option<JwtConfig>,
+    pub memory: MemoryConfig,
+}
+
+/// The memory limit, the flight recorder and the soft limit (memwatch).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Bytes; `None` takes the cgroup's limit (a larger value is capped by the cgroup's).
+    pub limit_bytes: Option<u64>,
+    /// Whether the flight recorder runs (it needs a limit, from the cgroup or `limit_bytes`).
+    pub recorder: bool,
+    /// Where captures go; default `DATA_DIR/memwatch`. Not a tmpfs: its pages would count
+    /// against the very limit being watched.
+    pub capture_dir: Option<PathBuf>,
+    /// Capture thresholds as shares of the limit.
+    pub ladder: Vec<f64>,
+    /// New work is refused (503) above this share of the limit...
+    pub soft_limit: f64,
+    /// ...until usage falls below this share.
+    pub soft_limit_resume: f64,
+    /// Captures kept on disk, oldest removed first.
+    pub max_captures: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            limit_bytes: None,
+            recorder: true,
+            capture_dir: None,
+            ladder: vec![0.60, 0.75, 0.90],
+            soft_limit: 0.80,
+            soft_limit_resume: 0.70,
+            max_captures: 10,
+        }
+    }
 }
 
 /// Where JWTs are checked against.
@@ -43,6 +79,7 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub inflight_bytes: Option<usize>,
+    pub memory_limit: Option<u64>,
 }
 
 /// The TOML file, as written by an operator.
@@ -54,6 +91,8 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     jwt: Option<JwtConfig>,
+    #[serde(default)]
+    memory: MemoryConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +154,10 @@ impl Config {
             .inflight_bytes
             .or(limits.inflight_bytes)
             .unwrap_or(DEFAULT_INFLIGHT_BYTES);
+        let mut memory = file.memory;
+        if let Some(limit) = overrides.memory_limit {
+            memory.limit_bytes = Some(limit);
+        }
         let config = Config {
             listen,
             data_dir,
@@ -122,6 +165,7 @@ impl Config {
             handler,
             inflight_bytes,
             jwt: file.jwt,
+            memory,
         };
         config.validate()?;
         Ok(config)
@@ -142,6 +186,22 @@ impl Config {
                 "inflight_bytes must be at least chunk_bytes ({})",
                 self.handler.chunk_bytes
             );
+        }
+        let m = &self.memory;
+        let share = |x: f64| x > 0.0 && x < 1.0;
+        if !m.ladder.iter().all(|&x| share(x))
+            || !share(m.soft_limit)
+            || !share(m.soft_limit_resume)
+        {
+            bail!(
+                "memory.ladder, soft_limit and soft_limit_resume are shares of the limit, between 0 and 1"
+            );
+        }
+        if m.soft_limit_resume >= m.soft_limit {
+            bail!("memory.soft_limit_resume must be below memory.soft_limit");
+        }
+        if m.limit_bytes == Some(0) {
+            bail!("memory.limit_bytes must be positive");
         }
         for (name, d) in [
             ("header_timeout_secs", self.server.header_timeout),
@@ -184,6 +244,18 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.server.max_connections, 7);
         assert_eq!(config.handler.body_timeout, Duration::from_secs(3));
+
+        std::fs::write(
+            &file,
+            "[memory]\nlimit_bytes = 268435456\nsoft_limit = 0.5\nsoft_limit_resume = 0.6\n",
+        )
+        .unwrap();
+        let err = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("soft_limit_resume"), "{err:#}");
 
         std::fs::write(&file, "[limits]\nmax_conections = 7\n").unwrap();
         let err = Config::load(Overrides {

@@ -10,6 +10,7 @@ use crate::auth::{Authenticator, FileTokenStore, JwtVerifier, TokenStore, bootst
 use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::memory::MemoryWatch;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
@@ -24,6 +25,12 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let memory_config = config.memory.clone();
+    let memory_dir = data_dir.clone();
+    let memory =
+        tokio::task::spawn_blocking(move || MemoryWatch::start(&memory_config, &memory_dir))
+            .await
+            .context("memory watch task failed")?;
     let store_dir = data_dir.join("store");
     let store =
         tokio::task::spawn_blocking(move || EmbeddedStore::open(EmbeddedConfig::new(store_dir)))
@@ -67,6 +74,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),
+        memory: Arc::new(memory),
     });
     let address = listener
         .local_addr()

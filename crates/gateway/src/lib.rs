@@ -11,6 +11,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod store;
 pub mod stream_id;

@@ -471,7 +471,7 @@ fn follow_streams_new_bytes_until_sealed() {
 
 #[test]
 fn slow_clients_are_cut_and_partial_bodies_are_committed() {
-    let config = "[limits]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\nmax_connections = 4\n";
+    let config = "[limits]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\n";
     let gw = Gateway::start_with(&[], Some(config));
     let t = gw.admin_token();
 
@@ -511,18 +511,6 @@ fn slow_clients_are_cut_and_partial_bodies_are_committed() {
         (408, "body_timeout", Some("10"))
     );
     assert_eq!(gw.read_all(&t, "acme/prod/slow"), b"0123456789");
-
-    // Over the connection cap: 503 with Retry-After, not a dropped connection.
-    let idle: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(gw.addr).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    let r = request_raw(gw.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-    assert_eq!(
-        (r.status, r.code().as_str(), r.header("retry-after")),
-        (503, "too_many_connections", Some("1"))
-    );
-    drop(idle);
 }
 
 #[test]
@@ -553,4 +541,122 @@ fn health_readiness_and_metrics() {
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
+}
+
+#[test]
+fn over_the_memory_soft_limit_new_work_gets_503_and_a_capture_is_kept() {
+    // A limit far below what the process already uses: the soft limit is on from the start.
+    let mut gw = Gateway::start_with(&["--memory-limit", "300000"], None);
+    let t = gw.admin_token();
+    let r = gw.append(&t, "a/b/c", 0, b"abc");
+    assert_eq!(
+        (r.status, r.code().as_str(), r.header("retry-after")),
+        (503, "overloaded", Some("1"))
+    );
+    assert_eq!(gw.request("GET", "/readyz", None, &[], b"").status, 503);
+    assert_eq!(gw.request("GET", "/healthz", None, &[], b"").status, 200);
+    let metrics = gw.request("GET", "/metrics", None, &[], b"").text();
+    assert!(metrics.contains("memwatch_recorder_"), "{metrics}");
+    let r = gw.request("GET", "/debug/memory", Some(&t), &[], b"");
+    let memory: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(memory["recorder"]["over_soft_limit"], true, "{memory}");
+    assert_eq!(memory["recorder"]["limit_bytes"], 300000);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let captures = loop {
+        let names: Vec<String> = std::fs::read_dir(gw.data_dir().join("memwatch"))
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.iter().any(|n| n.starts_with("capture-")) || Instant::now() > deadline {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        captures.iter().any(|n| n.starts_with("capture-")),
+        "{captures:?}"
+    );
+    // The next start reports what the previous run left.
+    gw.kill9();
+    gw.spawn();
+    assert!(gw.log().contains("capture-"), "{}", gw.log());
+}
+
+#[test]
+fn debug_endpoints_are_for_admins() {
+    let gw = Gateway::start();
+    let reader = gw.create_token(&["--org", "acme", "--role", "reader"]);
+    assert_eq!(
+        gw.request("GET", "/debug/memory", Some(&reader), &[], b"")
+            .status,
+        403
+    );
+    assert_eq!(
+        gw.request("GET", "/debug/memory", None, &[], b"").status,
+        401
+    );
+    let admin = gw.admin_token();
+    let r = gw.request("GET", "/debug/memory", Some(&admin), &[], b"");
+    let memory: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        memory["jemalloc"]["allocated_bytes"].as_u64().unwrap() > 0,
+        "{memory}"
+    );
+    assert!(memory["process"]["resident_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        gw.request("GET", "/debug/pprof/heap", Some(&reader), &[], b"")
+            .status,
+        403
+    );
+    let r = gw.request("GET", "/debug/pprof/heap", Some(&admin), &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..2], &[0x1f, 0x8b], "gzip");
+    let r = gw.request(
+        "GET",
+        "/debug/pprof/heap?format=svg",
+        Some(&admin),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().starts_with("<?xml") || r.text().starts_with("<svg"),
+        "{}",
+        &r.text()[..100.min(r.body.len())]
+    );
+    assert_eq!(
+        gw.request(
+            "GET",
+            "/debug/pprof/heap?format=png",
+            Some(&admin),
+            &[],
+            b""
+        )
+        .status,
+        400
+    );
+}
+
+#[test]
+fn over_the_connection_cap_clients_get_503_not_a_dropped_connection() {
+    let gw = Gateway::start_with(&["--max-connections", "4"], None);
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(gw.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = request_raw(gw.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str(), r.header("retry-after")),
+        (503, "too_many_connections", Some("1"))
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    let metrics = gw.request("GET", "/metrics", None, &[], b"").text();
+    assert!(
+        metrics.contains("engine_gateway_rejected_connections_total 1"),
+        "{metrics}"
+    );
 }

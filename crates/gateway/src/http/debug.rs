@@ -26,7 +26,11 @@ pub async fn memory(
                 err.to_string(),
             )
         })?;
-    Ok(axum::Json(snapshot_json(&snapshot)).into_response())
+    let mut body = snapshot_json(&snapshot);
+    if let (Value::Object(map), Value::Object(more)) = (&mut body, state.memory.json()) {
+        map.extend(more);
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 impl AppState {

@@ -28,6 +28,7 @@ pub use error::{ApiError, ErrorCode};
 
 use crate::auth::Authenticator;
 use crate::budget::ByteBudget;
+use crate::memory::MemoryWatch;
 use crate::metrics::{Metrics, Route};
 use crate::store::Store;
 
@@ -62,6 +63,8 @@ pub struct AppState {
     pub limits: HandlerLimits,
     /// Turns true when the gateway is shutting down: followers end, readiness fails.
     pub shutdown: watch::Receiver<bool>,
+    /// Flight recorder and soft limit.
+    pub memory: Arc<MemoryWatch>,
 }
 
 /// The router of the whole API.
@@ -100,7 +103,14 @@ async fn method_not_allowed() -> ApiError {
 async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let route = route_of(request.method(), request.uri().path());
     let started = Instant::now();
-    let response = next.run(request).await.into_response();
+    let stream_work = !matches!(route, Route::Ops | Route::Debug | Route::Other);
+    let response = if stream_work && state.memory.over_soft_limit() {
+        // Memory pressure: refuse new work, keep ops and debug endpoints (pprof!) answering.
+        ApiError::overloaded("the gateway is over its memory soft limit; retry later")
+            .into_response()
+    } else {
+        next.run(request).await.into_response()
+    };
     let status = response.status().as_u16();
     state.metrics.request(route, status, started.elapsed());
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {

@@ -24,6 +24,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
             "shutting down",
         ));
     }
+    if state.memory.over_soft_limit() {
+        return Err(ApiError::overloaded("over the memory soft limit"));
+    }
     state.store.ready().await?;
     Ok(json(StatusCode::OK, r#"{"status":"ready"}"#))
 }
@@ -49,6 +52,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Ok(snapshot) = tokio::task::spawn_blocking(memwatch::snapshot).await {
         memwatch::write_prometheus(&snapshot, &mut out);
     }
+    state.memory.write_metrics(&mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

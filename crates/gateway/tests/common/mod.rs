@@ -63,7 +63,8 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
-    /// Starts the process (again) and waits until it answers /readyz.
+    /// Starts the process (again) and waits until it answers /healthz (it listens only once the
+    /// store and tokens are open).
     pub fn spawn(&mut self) {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
@@ -84,7 +85,7 @@ impl Gateway {
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let probe = b"GET /readyz HTTP/1.1
+            let probe = b"GET /healthz HTTP/1.1
 host: x
 connection: close
 
