@@ -109,7 +109,7 @@ struct FileLimits {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
-const DEFAULT_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+const DEFAULT_INFLIGHT_BYTES: usize = 16 * 1024 * 1024;
 
 impl Config {
     /// Builds the configuration from overrides and, if named, the config file.

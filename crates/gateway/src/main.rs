@@ -16,6 +16,9 @@ use engine_gateway::commands;
 static GLOBAL: memwatch::Allocator = memwatch::Allocator::new();
 memwatch::malloc_conf!();
 
+/// Threads for blocking work; see the runtime builder below.
+const MAX_BLOCKING_THREADS: usize = 32;
+
 fn main() -> ExitCode {
     let policy = memwatch::apply_backtrace_policy();
     let cli = Cli::parse();
@@ -26,6 +29,9 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work (fsync-free file reads, token stats, profile dumps) queues instead of
+        // growing to tokio's default of 512 threads, each with stacks and allocator caches.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .on_thread_stop(memwatch::flush_thread)
         .build()
     {

@@ -34,7 +34,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
             drain_timeout: Duration::from_secs(10),
         }
     }

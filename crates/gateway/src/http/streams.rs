@@ -222,10 +222,13 @@ struct Appender<'a> {
     id: StreamId,
     /// Where the next chunk goes: the offset the client asked for, then each commit's result.
     offset: u64,
-    /// Bytes received and not yet handed to the store (at most one chunk).
+    /// Bytes received and not yet handed to the store (at most one chunk). Allocated at its
+    /// final size, so the budget covers exactly what is held.
     chunk: BytesMut,
-    /// Budget held for `chunk`.
+    /// Budget held for `chunk` (its capacity), or for a frame handed over without a copy.
     held: Option<Reservation>,
+    /// Body bytes still to come when the client sent a Content-Length: sizes the last chunk.
+    remaining: Option<u64>,
     /// Result of the last append, if any happened.
     last: Option<Appended>,
 }
@@ -238,13 +241,14 @@ impl<'a> Appender<'a> {
             offset,
             chunk: BytesMut::new(),
             held: None,
+            remaining: None,
             last: None,
         }
     }
 
-    async fn run(mut self, body: Body, seal: bool) -> Result<Appended, ApiError> {
+    async fn run(mut self, mut body: Body, seal: bool) -> Result<Appended, ApiError> {
         let limits = &self.state.limits;
-        let mut body = body;
+        self.remaining = http_body::Body::size_hint(&body).exact();
         loop {
             let frame = match tokio::time::timeout(limits.body_timeout, body.frame()).await {
                 Ok(Some(Ok(frame))) => frame,
@@ -259,41 +263,22 @@ impl<'a> Appender<'a> {
                 }
                 Err(_) => {
                     self.flush().await?;
+                    let secs = limits.body_timeout.as_secs();
                     let mut err = ApiError::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "body_timeout",
-                        format!(
-                            "no body bytes for {} s; what arrived is committed",
-                            limits.body_timeout.as_secs()
-                        ),
+                        format!("no body bytes for {secs} s; what arrived is committed"),
                     );
                     err.offset = Some(self.offset);
                     return Err(err);
                 }
             };
+            // Trailers are ignored.
             let Ok(data) = frame.into_data() else {
                 continue;
-            }; // trailers: ignored
-            if data.is_empty() {
-                continue;
-            }
-            let Some(reservation) = self
-                .state
-                .budget
-                .reserve(data.len(), limits.budget_patience)
-                .await
-            else {
-                self.chunk.extend_from_slice(&data);
-                self.flush().await?;
-                let mut err = ApiError::overloaded(
-                    "the gateway is at its memory budget; retry from Stream-Offset",
-                );
-                err.offset = Some(self.offset);
-                return Err(err);
             };
-            match &mut self.held {
-                Some(held) => held.merge(reservation),
-                None => self.held = Some(reservation),
+            if let Some(remaining) = &mut self.remaining {
+                *remaining = remaining.saturating_sub(data.len() as u64);
             }
             self.add(data).await?;
         }
@@ -309,27 +294,53 @@ impl<'a> Appender<'a> {
         })
     }
 
-    /// Adds received bytes, committing every full chunk.
+    /// Adds received bytes, committing every full chunk. Budget is taken before anything is
+    /// allocated; while it is not available the body is not read (backpressure).
     async fn add(&mut self, mut data: Bytes) -> Result<(), ApiError> {
         let chunk_bytes = self.state.limits.chunk_bytes;
         while !data.is_empty() {
             if self.chunk.is_empty() && data.len() >= chunk_bytes {
                 // A whole chunk in one frame: hand it over without copying.
+                self.hold(chunk_bytes, &data).await?;
                 let whole = data.split_to(chunk_bytes);
                 self.commit_bytes(whole, false).await?;
                 continue;
             }
-            let take = data.len().min(chunk_bytes - self.chunk.len());
             if self.chunk.capacity() == 0 {
-                self.chunk
-                    .reserve(chunk_bytes.min(data.len().max(16 * 1024)));
+                // Exactly what this chunk will hold: the rest of the body, at most one chunk.
+                let rest = self
+                    .remaining
+                    .map_or(u64::MAX, |r| r.saturating_add(data.len() as u64));
+                let size = rest.min(chunk_bytes as u64) as usize;
+                self.hold(size, &data).await?;
+                self.chunk = BytesMut::with_capacity(size);
             }
+            let take = data.len().min(chunk_bytes - self.chunk.len());
             self.chunk.extend_from_slice(&data.split_to(take));
             if self.chunk.len() == chunk_bytes {
                 self.commit(false).await?;
             }
         }
         Ok(())
+    }
+
+    /// Takes `bytes` of budget. When none comes in time, commits what was received (`pending`
+    /// included) and answers 503 with the committed offset.
+    async fn hold(&mut self, bytes: usize, pending: &Bytes) -> Result<(), ApiError> {
+        let patience = self.state.limits.budget_patience;
+        if let Some(reservation) = self.state.budget.reserve(bytes, patience).await {
+            match &mut self.held {
+                Some(held) => held.merge(reservation),
+                None => self.held = Some(reservation),
+            }
+            return Ok(());
+        }
+        self.chunk.extend_from_slice(pending);
+        self.flush().await?;
+        let mut err =
+            ApiError::overloaded("the gateway is at its memory budget; retry from Stream-Offset");
+        err.offset = Some(self.offset);
+        Err(err)
     }
 
     /// Commits what was received so far, if anything, keeping the error for the caller.

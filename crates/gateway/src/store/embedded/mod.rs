@@ -67,9 +67,9 @@ impl EmbeddedConfig {
         EmbeddedConfig {
             dir: dir.into(),
             segment_bytes: 1 << 30,
-            max_batch_bytes: 8 << 20,
+            max_batch_bytes: 4 << 20,
             queue_depth: 1024,
-            max_queued_bytes: 32 << 20,
+            max_queued_bytes: 16 << 20,
             index_cache_bytes: 16 << 20,
             checkpoint_batches: 256,
             checkpoint_interval: Duration::from_secs(1),
