@@ -1,6 +1,10 @@
 //! Configuration: raw inputs (flags, environment, a TOML file) folded into one validated
 //! [`Config`]. Flags and `ENGINE_GATEWAY_*` variables win over the file, the file over defaults.
 
+mod store;
+
+pub use store::{DEFAULT_NATS_STARTUP_TIMEOUT, StoreConfig, StoreOverrides};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +25,8 @@ pub struct Config {
     /// Bytes of request/response bodies held in memory at once, all connections together.
     pub inflight_bytes: usize,
     pub jwt: Option<JwtConfig>,
+    /// Embedded or NATS JetStream.
+    pub store: StoreConfig,
 }
 
 /// Where JWTs are checked against.
@@ -43,6 +49,7 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     pub max_connections: Option<usize>,
     pub inflight_bytes: Option<usize>,
+    pub store: StoreOverrides,
 }
 
 /// The TOML file, as written by an operator.
@@ -54,6 +61,9 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     jwt: Option<JwtConfig>,
+    /// `embedded` or `nats://...`.
+    store: Option<String>,
+    nats: Option<store::FileNats>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +125,7 @@ impl Config {
             .inflight_bytes
             .or(limits.inflight_bytes)
             .unwrap_or(DEFAULT_INFLIGHT_BYTES);
+        let store = store::resolve(overrides.store, file.store, file.nats)?;
         let config = Config {
             listen,
             data_dir,
@@ -122,6 +133,7 @@ impl Config {
             handler,
             inflight_bytes,
             jwt: file.jwt,
+            store,
         };
         config.validate()?;
         Ok(config)
@@ -153,6 +165,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The store choice alone, for the `token` commands: flags and environment over the `store`
+/// and `[nats]` values of the config file, if one is named.
+pub fn load_store(config: Option<&Path>, overrides: StoreOverrides) -> anyhow::Result<StoreConfig> {
+    let file = match config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    store::resolve(overrides, file.store, file.nats)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
