@@ -41,7 +41,14 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let nats_port = free_port()?;
     let mut nats = Command::new(&options.nats_server)
-        .args(["-js", "-a", "127.0.0.1", "-p", &nats_port.to_string(), "-sd"])
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "-sd",
+        ])
         .arg(dir.path().join("js"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -185,7 +192,10 @@ async fn gateway_run(
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
                 if status != http::StatusCode::NO_CONTENT {
-                    bail!("PATCH answered {status}: {}", String::from_utf8_lossy(&body));
+                    bail!(
+                        "PATCH answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
                 }
             }
             anyhow::Ok(())
@@ -253,7 +263,9 @@ fn parse_args() -> anyhow::Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--gateway" => options.gateway = value,
             "--nats-server" => options.nats_server = value,
