@@ -130,7 +130,7 @@ async fn open_tokens(args: TokenStoreArgs) -> anyhow::Result<Arc<dyn TokenStore>
                 .with_context(|| format!("opening tokens in {}", dir.display()))?;
             Ok(Arc::new(store))
         }
-        StoreConfig::Nats { nats, .. } => crate::gateway::open_nats_tokens(nats).await,
+        StoreConfig::Nats { nats, .. } => crate::gateway::open_nats_tokens(*nats).await,
     }
 }
 

@@ -18,7 +18,8 @@ pub enum StoreConfig {
     Embedded,
     /// Every stream and token in NATS JetStream; the data directory only holds `admin.token`.
     Nats {
-        nats: NatsConfig,
+        /// Boxed: it is large, and `Embedded` carries nothing.
+        nats: Box<NatsConfig>,
         /// How long `serve` keeps retrying an unreachable NATS at start before it exits.
         startup_timeout: Duration,
     },
@@ -172,7 +173,7 @@ pub(super) fn resolve(
         .startup_timeout_secs
         .map_or(DEFAULT_NATS_STARTUP_TIMEOUT, Duration::from_secs);
     Ok(StoreConfig::Nats {
-        nats,
+        nats: Box::new(nats),
         startup_timeout,
     })
 }
@@ -245,7 +246,7 @@ mod tests {
         }
         let file: File = toml::from_str(file)?;
         match resolve(overrides, file.store, file.nats)? {
-            StoreConfig::Nats { nats, .. } => Ok(nats),
+            StoreConfig::Nats { nats, .. } => Ok(*nats),
             StoreConfig::Embedded => anyhow::bail!("embedded"),
         }
     }
