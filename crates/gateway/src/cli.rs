@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::StoreOverrides;
+
 /// Authenticated, resumable byte streams into a durable store.
 #[derive(Debug, Parser)]
 #[command(name = "engine-gateway", version, about, propagate_version = true)]
@@ -48,6 +50,73 @@ pub struct ServeArgs {
     /// Memory limit in bytes for the soft limit and the flight recorder [default: the cgroup's].
     #[arg(long, env = "ENGINE_GATEWAY_MEMORY_LIMIT", value_name = "BYTES")]
     pub memory_limit: Option<u64>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Where streams and tokens live; `serve` and every `token` command take the same flags.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// `embedded` (local disk, the default) or NATS JetStream:
+    /// nats://host:port[,nats://host2:port2...] (several URLs for a cluster).
+    #[arg(long, env = "ENGINE_GATEWAY_STORE", value_name = "STORE")]
+    pub store: Option<String>,
+    /// NATS credentials file (JWT + nkey seed, as `nsc` writes it).
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS authentication token.
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (with --nats-user).
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// File holding a NATS user nkey seed (SU...).
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_NKEY", value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
+    /// PEM file of CAs to trust for TLS to NATS (turns TLS on).
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for TLS to NATS (with --nats-tls-key).
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_TLS_CERT", value_name = "FILE")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of --nats-tls-cert.
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_TLS_KEY", value_name = "FILE")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// JetStream replicas of the stream and token bucket when they are created: 1 or 3.
+    #[arg(long, env = "ENGINE_GATEWAY_NATS_REPLICAS", value_name = "N")]
+    pub nats_replicas: Option<usize>,
+}
+
+/// Secrets stay out of Debug output.
+impl std::fmt::Debug for StoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreArgs")
+            .field("store", &self.store)
+            .field("nats_user", &self.nats_user)
+            .field("nats_replicas", &self.nats_replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreArgs {
+    /// The flags as configuration overrides.
+    pub fn overrides(self) -> StoreOverrides {
+        StoreOverrides {
+            store: self.store,
+            nats_creds: self.nats_creds,
+            nats_token: self.nats_token,
+            nats_user: self.nats_user,
+            nats_password: self.nats_password,
+            nats_nkey: self.nats_nkey,
+            nats_tls_ca: self.nats_tls_ca,
+            nats_tls_cert: self.nats_tls_cert,
+            nats_tls_key: self.nats_tls_key,
+            nats_replicas: self.nats_replicas,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,14 +124,16 @@ pub enum TokenCommand {
     /// Create a token; prints the secret alone on stdout.
     Create(TokenCreateArgs),
     /// List tokens (ids and scopes, never secrets).
-    List(DataDirArg),
+    List(TokenStoreArgs),
     /// Revoke a token by id; takes effect on the next request.
     Revoke(TokenRevokeArgs),
 }
 
+/// Where the `token` commands find the tokens: the data directory (embedded store) or the
+/// NATS key-value bucket (`--store nats://...`; the data directory is then not used).
 #[derive(Debug, Args)]
-pub struct DataDirArg {
-    /// The gateway's data directory.
+pub struct TokenStoreArgs {
+    /// The gateway's data directory (embedded store only).
     #[arg(
         long,
         env = "ENGINE_GATEWAY_DATA_DIR",
@@ -70,12 +141,17 @@ pub struct DataDirArg {
         default_value = "./data"
     )]
     pub data_dir: PathBuf,
+    /// TOML configuration file, for its `store` and `[nats]` settings.
+    #[arg(long, env = "ENGINE_GATEWAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct TokenCreateArgs {
     #[command(flatten)]
-    pub data_dir: DataDirArg,
+    pub target: TokenStoreArgs,
     /// Organisation the token is bound to (not for admin tokens).
     #[arg(long)]
     pub org: Option<String>,
@@ -93,7 +169,7 @@ pub struct TokenCreateArgs {
 #[derive(Debug, Args)]
 pub struct TokenRevokeArgs {
     #[command(flatten)]
-    pub data_dir: DataDirArg,
+    pub target: TokenStoreArgs,
     /// Token id, as printed by `token list`.
     pub id: String,
 }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
-use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand};
+use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand, TokenStoreArgs};
 use crate::client::{self, BaseUrl, CatOptions, ClientError, Input, PushOptions};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Overrides, StoreConfig, load_store};
 use crate::stream_id::StreamId;
 
 /// `engine-gateway serve`.
@@ -24,6 +24,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         inflight_bytes: args.inflight_bytes,
         memory_limit: args.memory_limit,
+        store: args.store.overrides(),
     })?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -58,8 +59,8 @@ async fn wait_for_signal() {
     }
 }
 
-/// `engine-gateway token create|list|revoke`: works on the data directory directly, also while
-/// the gateway runs (it sees changes on the next request).
+/// `engine-gateway token create|list|revoke`: works on the data directory or the NATS bucket
+/// directly, also while gateways run (they see changes on the next request).
 pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::Create(args) => {
@@ -70,7 +71,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
                 .map(parse_ttl)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let store = open_tokens(&args.data_dir.data_dir).await?;
+            let store = open_tokens(args.target).await?;
             let new = NewToken {
                 org: args.org,
                 cluster: args.cluster,
@@ -82,7 +83,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             println!("{}", secret.expose());
         }
         TokenCommand::List(args) => {
-            let store = open_tokens(&args.data_dir).await?;
+            let store = open_tokens(args).await?;
             let records = store.list().await.context("listing tokens")?;
             println!(
                 "{:<16}  {:<8}  {:<24}  {:<24}  {:<10}  {:<10}  STATE",
@@ -108,7 +109,7 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TokenCommand::Revoke(args) => {
-            let store = open_tokens(&args.data_dir.data_dir).await?;
+            let store = open_tokens(args.target).await?;
             let record = store
                 .revoke(&args.id)
                 .await
@@ -119,10 +120,19 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn open_tokens(data_dir: &Path) -> anyhow::Result<FileTokenStore> {
-    FileTokenStore::open(data_dir)
-        .await
-        .with_context(|| format!("opening tokens in {}", data_dir.display()))
+/// The token store the arguments name: files in the data directory, or the NATS bucket (one
+/// connection attempt, no waiting: an operator at a terminal wants the error at once).
+async fn open_tokens(args: TokenStoreArgs) -> anyhow::Result<Arc<dyn TokenStore>> {
+    match load_store(args.config.as_deref(), args.store.overrides())? {
+        StoreConfig::Embedded => {
+            let dir = args.data_dir;
+            let store = FileTokenStore::open(&dir)
+                .await
+                .with_context(|| format!("opening tokens in {}", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreConfig::Nats { nats, .. } => crate::gateway::open_nats_tokens(*nats).await,
+    }
 }
 
 fn describe(r: &TokenRecord) -> String {

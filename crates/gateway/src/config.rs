@@ -1,6 +1,10 @@
 //! Configuration: raw inputs (flags, environment, a TOML file) folded into one validated
 //! [`Config`]. Flags and `ENGINE_GATEWAY_*` variables win over the file, the file over defaults.
 
+mod store;
+
+pub use store::{DEFAULT_NATS_STARTUP_TIMEOUT, StoreConfig, StoreOverrides};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +26,8 @@ pub struct Config {
     pub inflight_bytes: usize,
     pub jwt: Option<JwtConfig>,
     pub memory: MemoryConfig,
+    /// Embedded or NATS JetStream.
+    pub store: StoreConfig,
 }
 
 /// The memory limit, the flight recorder and the soft limit (memwatch).
@@ -80,6 +86,7 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     pub inflight_bytes: Option<usize>,
     pub memory_limit: Option<u64>,
+    pub store: StoreOverrides,
 }
 
 /// The TOML file, as written by an operator.
@@ -93,6 +100,9 @@ struct FileConfig {
     jwt: Option<JwtConfig>,
     #[serde(default)]
     memory: MemoryConfig,
+    /// `embedded` or `nats://...`.
+    store: Option<String>,
+    nats: Option<store::FileNats>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +168,7 @@ impl Config {
         if let Some(limit) = overrides.memory_limit {
             memory.limit_bytes = Some(limit);
         }
+        let store = store::resolve(overrides.store, file.store, file.nats)?;
         let config = Config {
             listen,
             data_dir,
@@ -166,6 +177,7 @@ impl Config {
             inflight_bytes,
             jwt: file.jwt,
             memory,
+            store,
         };
         config.validate()?;
         Ok(config)
@@ -213,6 +225,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The store choice alone, for the `token` commands: flags and environment over the `store`
+/// and `[nats]` values of the config file, if one is named.
+pub fn load_store(config: Option<&Path>, overrides: StoreOverrides) -> anyhow::Result<StoreConfig> {
+    let file = match config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    store::resolve(overrides, file.store, file.nats)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

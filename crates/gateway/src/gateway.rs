@@ -1,6 +1,7 @@
 //! Assembles a running gateway from a [`Config`]: store, tokens, HTTP, shutdown.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -8,12 +9,20 @@ use tokio::sync::watch;
 
 use crate::auth::{Authenticator, FileTokenStore, JwtVerifier, TokenStore, bootstrap_admin};
 use crate::budget::ByteBudget;
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::http::{self, AppState};
 use crate::memory::MemoryWatch;
 use crate::metrics::Metrics;
-use crate::store::Store;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
+use crate::store::nats::tokens::NatsTokenStore;
+use crate::store::nats::{NatsConfig, NatsStore};
+use crate::store::{ErrorKind, Store};
+
+/// First pause between connection attempts to an unreachable NATS at start; doubles up to
+/// [`MAX_STARTUP_BACKOFF`].
+const FIRST_STARTUP_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between connection attempts at start.
+const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs the gateway on `listener` until `shutdown` turns true; then drains connections and
 /// makes everything received durable before returning.
@@ -31,19 +40,10 @@ pub async fn run(
         tokio::task::spawn_blocking(move || MemoryWatch::start(&memory_config, &memory_dir))
             .await
             .context("memory watch task failed")?;
-    let store_dir = data_dir.join("store");
-    let store =
-        tokio::task::spawn_blocking(move || EmbeddedStore::open(EmbeddedConfig::new(store_dir)))
-            .await
-            .context("store opening task failed")?
-            .context("opening the embedded store")?;
-    let store: Arc<dyn Store> = Arc::new(store);
-
-    let tokens: Arc<dyn TokenStore> = Arc::new(
-        FileTokenStore::open(&data_dir)
-            .await
-            .context("opening the token store")?,
-    );
+    let Some((store, tokens)) = open_backends_or_stop(&config, shutdown.clone()).await? else {
+        tracing::info!("shutdown requested while waiting for the store");
+        return Ok(());
+    };
     if let Some(path) = bootstrap_admin(tokens.as_ref(), &data_dir)
         .await
         .context("creating the first admin token")?
@@ -79,7 +79,11 @@ pub async fn run(
     let address = listener
         .local_addr()
         .context("reading the listening address")?;
-    tracing::info!(%address, data_dir = %data_dir.display(), "engine-gateway listening");
+    let backend = match &config.store {
+        StoreConfig::Embedded => "embedded".to_owned(),
+        StoreConfig::Nats { nats, .. } => nats.urls.join(","),
+    };
+    tracing::info!(%address, data_dir = %data_dir.display(), store = %backend, "engine-gateway listening");
     http::server::serve(
         listener,
         http::app(state),
@@ -92,4 +96,101 @@ pub async fn run(
     store.close().await.context("closing the store")?;
     tracing::info!("stopped; everything acknowledged is durable");
     Ok(())
+}
+
+/// The stream store and the token store the configuration names.
+///
+/// Embedded: the store under `DATA_DIR/store`, tokens as files under `DATA_DIR/tokens`.
+/// NATS: one connection (retried at start, see [`connect_nats`]) shared by the JetStream
+/// store and the key-value token bucket.
+pub async fn open_backends(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn TokenStore>)> {
+    let (_stop, never) = watch::channel(false);
+    open_backends_or_stop(config, never)
+        .await?
+        .context("stopped while opening the store")
+}
+
+/// [`open_backends`], giving up quietly (`None`) when `shutdown` turns true meanwhile.
+async fn open_backends_or_stop(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(Arc<dyn Store>, Arc<dyn TokenStore>)>> {
+    match &config.store {
+        StoreConfig::Embedded => {
+            let store_dir = config.data_dir.join("store");
+            let store = tokio::task::spawn_blocking(move || {
+                EmbeddedStore::open(EmbeddedConfig::new(store_dir))
+            })
+            .await
+            .context("store opening task failed")?
+            .context("opening the embedded store")?;
+            let tokens = FileTokenStore::open(&config.data_dir)
+                .await
+                .context("opening the token store")?;
+            Ok(Some((Arc::new(store), Arc::new(tokens))))
+        }
+        StoreConfig::Nats {
+            nats,
+            startup_timeout,
+        } => {
+            let Some(store) = connect_nats(nats, *startup_timeout, shutdown).await? else {
+                return Ok(None);
+            };
+            let tokens = NatsTokenStore::open(&store, &nats.bucket)
+                .await
+                .with_context(|| format!("opening the nats token bucket {}", nats.bucket))?;
+            Ok(Some((Arc::new(store), Arc::new(tokens))))
+        }
+    }
+}
+
+/// Connects to NATS, retrying with backoff for up to `wait` while it is unreachable (it often
+/// starts at the same time as the gateways), but failing at once on incompatible stream or
+/// bucket settings, which no retry fixes. The gateway does not listen meanwhile, so a load
+/// balancer sends it nothing; past `wait` it exits with the reason, and its supervisor's
+/// restarts make the outage visible. `None` when `shutdown` turns true first.
+pub async fn connect_nats(
+    nats: &NatsConfig,
+    wait: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<NatsStore>> {
+    let started = Instant::now();
+    let mut backoff = FIRST_STARTUP_BACKOFF;
+    loop {
+        let err = match NatsStore::connect(nats.clone()).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(err) if err.kind() != ErrorKind::Unavailable => {
+                return Err(anyhow::Error::new(err).context("nats store settings"));
+            }
+            Err(err) => err,
+        };
+        if started.elapsed() + backoff > wait {
+            anyhow::bail!(
+                "nats is unreachable ({}): gave up after {} s (nats.startup_timeout_secs)",
+                err,
+                started.elapsed().as_secs()
+            );
+        }
+        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "nats unreachable at start, retrying");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+        }
+        backoff = (backoff * 2).min(MAX_STARTUP_BACKOFF);
+    }
+}
+
+/// The token bucket alone, for the `token` commands: one connection attempt, no waiting.
+pub async fn open_nats_tokens(nats: NatsConfig) -> anyhow::Result<Arc<dyn TokenStore>> {
+    let bucket = nats.bucket.clone();
+    let urls = nats.urls.join(",");
+    let store = NatsStore::connect(nats)
+        .await
+        .with_context(|| format!("connecting to nats at {urls}"))?;
+    let tokens = NatsTokenStore::open(&store, &bucket)
+        .await
+        .with_context(|| format!("opening the nats token bucket {bucket}"))?;
+    Ok(Arc::new(tokens))
 }

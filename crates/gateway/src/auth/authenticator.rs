@@ -36,6 +36,8 @@ pub enum AuthError {
     Expired,
     #[error("invalid JWT: {0}")]
     InvalidJwt(JwtError),
+    /// The token store failed or cannot be reached (an I/O error, a corrupt record,
+    /// [`TokenError::Unavailable`] when NATS is down): the server cannot check right now.
     /// The details (path, OS error) are in the source, for logs only.
     #[error("token storage is unavailable")]
     Storage(#[source] TokenError),

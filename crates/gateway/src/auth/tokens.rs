@@ -104,6 +104,10 @@ pub enum TokenError {
     Random(getrandom::Error),
     #[error("token storage task failed: {0}")]
     Task(String),
+    /// The backend (e.g. the NATS key-value bucket) cannot be reached right now; the request
+    /// may succeed later (HTTP 503, not 401).
+    #[error("token storage is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why a role/org/cluster combination is not allowed (shared by opaque tokens and JWTs).

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use engine_gateway::store::nats::NatsConfig;
 
+pub mod cluster;
+
 /// Where tests look for the server binary first.
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 

@@ -68,9 +68,9 @@ fn is_token_id(id: &str) -> bool {
     id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A bucket failure, as the token error the trait offers for backend failures.
+/// A bucket failure: NATS or the bucket cannot answer right now.
 fn backend(bucket: &str, what: &str, err: impl std::fmt::Display) -> TokenError {
-    TokenError::Task(format!("nats bucket {bucket}: {what}: {err}"))
+    TokenError::Unavailable(format!("nats bucket {bucket}: {what}: {err}"))
 }
 
 #[async_trait::async_trait]

@@ -1,0 +1,282 @@
+//! Ingest into JetStream through the gateway versus a direct async-nats publisher, in one run
+//! against one fresh nats-server: same payload size, same concurrency, same headers, every
+//! message acknowledged before the next one on its stream. Prints a markdown table.
+//!
+//! `cargo run --release --example nats_bench -- [--gateway PATH] [--nats-server PATH]
+//! [--streams N] [--payload BYTES] [--total-mib N]` (bench/nats.sh runs it and keeps results).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+
+/// What to run.
+struct Options {
+    gateway: String,
+    nats_server: String,
+    /// Concurrent streams (one client task each, one request in flight per stream).
+    streams: usize,
+    /// Bytes per PATCH and per direct publish.
+    payload: usize,
+    /// Bytes sent in each of the two runs, all streams together.
+    total: usize,
+}
+
+/// One measured run.
+struct Run {
+    name: &'static str,
+    seconds: f64,
+    bytes: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let nats_port = free_port()?;
+    let mut nats = Command::new(&options.nats_server)
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "-sd",
+        ])
+        .arg(dir.path().join("js"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", options.nats_server))?;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    wait_until(|| std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok()).await?;
+
+    let direct = direct_run(&nats_url, &options).await;
+    let gateway = gateway_run(&nats_url, &options, dir.path()).await;
+    let _ = nats.kill();
+    let _ = nats.wait();
+    let direct = direct?;
+    let (gateway, peak_rss_kib) = gateway?;
+
+    let mib_s = |r: &Run| r.bytes as f64 / (1 << 20) as f64 / r.seconds;
+    println!(
+        "| path | streams | payload | MiB | seconds | MiB/s | msgs/s |\n|---|---|---|---|---|---|---|"
+    );
+    for run in [&direct, &gateway] {
+        println!(
+            "| {} | {} | {} KiB | {} | {:.2} | {:.1} | {:.0} |",
+            run.name,
+            options.streams,
+            options.payload / 1024,
+            run.bytes >> 20,
+            run.seconds,
+            mib_s(run),
+            (run.bytes / options.payload) as f64 / run.seconds
+        );
+    }
+    println!(
+        "\ngateway / direct: **{:.2}×**; gateway peak RSS (VmHWM): **{:.1} MiB**",
+        mib_s(&gateway) / mib_s(&direct),
+        peak_rss_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Publishes straight to JetStream the way the gateway does: gateway headers, a message id,
+/// the expected last subject sequence, and an acknowledgement awaited per message.
+async fn direct_run(url: &str, options: &Options) -> anyhow::Result<Run> {
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client);
+    js.create_stream(stream::Config {
+        name: "BENCH_DIRECT".into(),
+        subjects: vec!["bench.>".into()],
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        max_message_size: 1 << 20,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    let payload = Bytes::from(vec![b'd'; options.payload]);
+    let per_stream = options.total / options.streams / options.payload;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..options.streams {
+        let (js, payload) = (js.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let subject = format!("bench.data.acme.prod.s{s}");
+            let mut prev = 0u64;
+            for i in 0..per_stream {
+                let offset = (i * payload.len()) as u64;
+                let mut headers = HeaderMap::new();
+                headers.insert("Egw-Offset", offset.to_string().as_str());
+                headers.insert("Egw-Created", "1700000000");
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("acme/prod/s{s}:{offset}:{prev}").as_str(),
+                );
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    prev.to_string().as_str(),
+                );
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await?
+                    .await?;
+                prev = ack.sequence;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(Run {
+        name: "direct async-nats publish",
+        seconds: started.elapsed().as_secs_f64(),
+        bytes: per_stream * options.streams * options.payload,
+    })
+}
+
+/// Starts the gateway on the same server and PATCHes the same payloads through it over
+/// HTTP/1.1 keep-alive connections; returns the run and the gateway's peak RSS in KiB.
+async fn gateway_run(
+    nats_url: &str,
+    options: &Options,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Run, u64)> {
+    let port = free_port()?;
+    let data_dir = dir.join("gateway");
+    let mut gateway = ChildGuard(
+        Command::new(&options.gateway)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--store", nats_url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", options.gateway))?,
+    );
+    let token_file = data_dir.join("admin.token");
+    wait_until(|| token_file.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        .await?;
+    let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+    let payload = Bytes::from(vec![b'g'; options.payload]);
+    let per_stream = options.total / options.streams / options.payload;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..options.streams {
+        let (payload, token) = (payload.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            tcp.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            for i in 0..per_stream {
+                let request = http::Request::patch(format!("/v1/streams/acme/prod/s{s}"))
+                    .header("host", "bench")
+                    .header("authorization", format!("Bearer {token}"))
+                    .header("content-type", "application/offset+octet-stream")
+                    .header("stream-offset", (i * payload.len()).to_string())
+                    .body(Full::new(payload.clone()))?;
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                if status != http::StatusCode::NO_CONTENT {
+                    bail!(
+                        "PATCH answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = peak_rss_kib(gateway.0.id())?;
+    let _ = gateway.0.kill();
+    let _ = gateway.0.wait();
+    Ok((
+        Run {
+            name: "through engine-gateway (HTTP PATCH)",
+            seconds,
+            bytes: per_stream * options.streams * options.payload,
+        },
+        peak,
+    ))
+}
+
+/// Kills the child when dropped, so a failed run leaves no gateway behind.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `VmHWM` of a process: its peak resident set size in KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_until(ready: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for a process to start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut options = Options {
+        gateway: "target/release/engine-gateway".into(),
+        nats_server: "nats-server".into(),
+        streams: 8,
+        payload: 64 * 1024,
+        total: 512 << 20,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--gateway" => options.gateway = value,
+            "--nats-server" => options.nats_server = value,
+            "--streams" => options.streams = value.parse()?,
+            "--payload" => options.payload = value.parse()?,
+            "--total-mib" => options.total = value.parse::<usize>()? << 20,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if options.streams == 0 || options.payload == 0 || options.payload > 256 * 1024 {
+        bail!("--streams must be positive and --payload between 1 and 262144");
+    }
+    Ok(options)
+}
