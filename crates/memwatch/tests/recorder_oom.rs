@@ -163,43 +163,33 @@ fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
         "cgroup usage sampled"
     );
 
-    // Each raw heap profile holds return addresses inside `oom_burst` (symbolizing them into
-    // the name is the `memwatch` CLI's job; here: the addresses are there).
-    let runtime: u64 = std::fs::read_to_string(dir.path().join("burst_addr"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let (_, size) = function_symbol(&std::env::current_exe().unwrap(), "oom_burst").unwrap();
-    let in_burst = |a: u64| (runtime..runtime + size).contains(&a);
+    // Symbolized offline with this binary's debug info, as `memwatch report` does, the newest
+    // capture (the highest rung) names the burst at the top. The first rung may fire on the
+    // allocation that starts the burst, before the profiler has sampled any of it.
+    let exe = std::env::current_exe().unwrap();
     for c in &complete {
         let heap = std::fs::read_to_string(c.heap_profile.as_ref().unwrap()).unwrap();
         assert!(heap.starts_with("heap_v2/") && heap.contains("MAPPED_LIBRARIES"));
-        let stacks: Vec<Vec<u64>> = heap
-            .lines()
-            .filter_map(|l| l.strip_prefix("@ "))
-            .map(|l| {
-                l.split(' ')
-                    .filter_map(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
-                    .collect()
-            })
-            .collect();
-        let burst_stacks = stacks
-            .iter()
-            .filter(|s| s.iter().copied().any(in_burst))
-            .count();
-        println!(
-            "  {}: {} stacks, {burst_stacks} through oom_burst ({runtime:#x}, {size} bytes)",
-            c.name,
-            stacks.len()
-        );
-        assert!(
-            burst_stacks >= 1,
-            "no stack through oom_burst in {}",
-            c.name
-        );
         assert!(c.build_id.as_ref().is_some_and(|id| !id.is_empty()));
     }
+    let newest = complete.last().unwrap();
+    let mut profile =
+        memwatch::profile::Profile::read_file(newest.heap_profile.as_ref().unwrap()).unwrap();
+    profile.symbolize_offline(&exe).unwrap();
+    profile.trim_allocator_frames();
+    let rows = memwatch::profile::top(&profile);
+    let total = profile.total_bytes().max(1);
+    let burst = rows.iter().find(|r| r.function.contains("oom_burst"));
+    for r in rows.iter().take(5) {
+        println!("  top: {:>6} MiB cum {}", r.cum_bytes >> 20, r.function);
+    }
+    let burst = burst.unwrap_or_else(|| panic!("oom_burst not in the profile of {}", newest.name));
+    assert!(
+        burst.cum_bytes * 2 > total,
+        "oom_burst holds most of the heap: {} of {total}",
+        burst.cum_bytes
+    );
+    assert!(!complete.is_empty(), "a capture completed before the kill");
     // What the next start would log, with this cgroup's figures.
     let figures = memwatch::CgroupMemory {
         version: memwatch::CgroupVersion::V1,
@@ -257,6 +247,31 @@ fn incident_is_captured_the_first_time(cgroup: &ChildCgroup) {
     assert!(
         first.allocated_bytes.unwrap() >= 48 * MIB + LIMIT / 8,
         "the incident's growth, not the baseline's"
+    );
+    // Symbolized offline, the capture's top sites are std's backtrace symbolization.
+    let exe = std::env::current_exe().unwrap();
+    let mut profile =
+        memwatch::profile::Profile::read_file(first.heap_profile.as_ref().unwrap()).unwrap();
+    profile.symbolize_offline(&exe).unwrap();
+    profile.trim_allocator_frames();
+    let rows = memwatch::profile::top(&profile);
+    let total = profile.total_bytes().max(1);
+    let symbolization: i64 = rows
+        .iter()
+        .filter(|r| r.function.contains("backtrace_rs"))
+        .map(|r| r.cum_bytes)
+        .max()
+        .unwrap_or(0);
+    for r in rows
+        .iter()
+        .filter(|r| r.function.contains("backtrace"))
+        .take(3)
+    {
+        println!("  top: {:>6} MiB cum {}", r.cum_bytes >> 20, r.function);
+    }
+    assert!(
+        symbolization * 4 > total,
+        "std's backtrace symbolization should hold a large share: {symbolization} of {total}"
     );
 }
 
