@@ -273,7 +273,9 @@ fn installed() -> bool {
     if let Ok(layout) = Layout::from_size_align(probe_size, 1) {
         // SAFETY: non-zero size; the pointer is freed with the same layout right away.
         unsafe {
-            let ptr = std::alloc::alloc(layout);
+            // black_box: an unused allocation may otherwise be elided by the optimizer, and
+            // the probe would never reach the allocator.
+            let ptr = std::hint::black_box(std::alloc::alloc(layout));
             if !ptr.is_null() {
                 std::alloc::dealloc(ptr, layout);
             }
