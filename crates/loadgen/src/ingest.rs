@@ -79,6 +79,7 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
         bin: config.gateway_bin.clone(),
         data_dir: run_dir.join("gateway"),
         extra_args: config.gateway_args.clone(),
+        env: config.gateway_env.clone(),
         startup_timeout: config.startup_timeout,
     };
     let mut gateway = GatewayChild::start(&spec).await?;
