@@ -350,7 +350,21 @@ pub fn to_markdown(
     machine: &crate::machine::MachineInfo,
 ) -> String {
     use std::fmt::Write as _;
-    let mut md = String::new();
+    let mut md = String::from("# The incident, side by side\n\n");
+    let size = |path: &Path| {
+        std::fs::metadata(path).map_or_else(
+            |_| String::from("?"),
+            |m| format!("{:.1} MiB", mib(m.len() as i64)),
+        )
+    };
+    let _ = writeln!(
+        md,
+        "Binaries: naive `{}` ({}, release + full DWARF), gateway `{}` ({}, release, line tables).\n",
+        config.naive_bin.display(),
+        size(&config.naive_bin),
+        config.gateway_bin.display(),
+        size(&config.gateway_bin),
+    );
     let _ = writeln!(
         md,
         "Measured by `bench/incident.sh` on {}, {} cores ({}), kernel {}, commit {}; shared with other builds.\n",

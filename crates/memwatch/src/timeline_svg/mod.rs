@@ -5,10 +5,15 @@
 //! The timeline holds up to minutes of 1 ms samples; the chart keeps, per pixel column, the
 //! lowest and the highest sample, so a spike of one sample still reaches its height.
 
+mod format;
+
 use std::fmt::Write as _;
 
 use crate::meta::CaptureInfo;
 use crate::timeline::{Timeline, TimelineSample};
+
+pub use format::utc_timestamp;
+use format::{byte_unit, bytes_label, duration_label, escape, nice_step, number};
 
 /// Renders `timeline` (read from `capture`'s `timeline.bin`) as a standalone SVG document.
 pub fn timeline_svg(timeline: &Timeline, capture: &CaptureInfo) -> String {
@@ -423,103 +428,4 @@ type Column = (i64, (f64, u64), (f64, u64));
 /// Seconds from the capture moment to `sample` (negative: before it).
 fn relative_secs(timeline: &Timeline, sample: &TimelineSample) -> f64 {
     sample.at.as_secs_f64() - timeline.captured_at.as_secs_f64()
-}
-
-/// The unit for an axis up to `bytes`: bytes per unit and its name.
-fn byte_unit(bytes: f64) -> (f64, &'static str) {
-    if bytes >= 2.0 * 1024.0 * 1024.0 * 1024.0 {
-        (1024.0 * 1024.0 * 1024.0, "GiB")
-    } else if bytes >= 2.0 * 1024.0 * 1024.0 {
-        (1024.0 * 1024.0, "MiB")
-    } else {
-        (1024.0, "KiB")
-    }
-}
-
-/// 1, 2 or 5 times a power of ten, at least `raw`.
-fn nice_step(raw: f64) -> f64 {
-    if raw.is_nan() || raw <= 0.0 {
-        return 1.0;
-    }
-    let magnitude = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .into_iter()
-        .map(|m| m * magnitude)
-        .find(|&s| s >= raw)
-        .unwrap_or(10.0 * magnitude)
-}
-
-/// A tick value with as many decimals as its step needs.
-fn number(v: f64, step: f64) -> String {
-    let decimals = if step >= 1.0 {
-        0
-    } else {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small
-        let d = (-step.log10()).ceil() as usize;
-        d
-    };
-    let v = if v.abs() < step / 1e6 { 0.0 } else { v };
-    format!("{v:.decimals$}")
-}
-
-fn bytes_label(bytes: u64) -> String {
-    crate::profile::human_bytes(i64::try_from(bytes).unwrap_or(i64::MAX)).to_string()
-}
-
-fn duration_label(secs: f64) -> String {
-    if secs >= 1.0 {
-        format!("{secs:.1} s")
-    } else if secs >= 1e-3 {
-        format!("{:.1} ms", secs * 1e3)
-    } else {
-        format!("{:.0} µs", secs * 1e6)
-    }
-}
-
-/// `2026-11-27 10:40:00.123` (UTC) for Unix milliseconds, for listings and reports.
-pub fn utc_timestamp(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        unix_ms % 1000
-    )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_dates_and_ticks() {
-        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00.000");
-        assert_eq!(utc_timestamp(1_709_210_096_789), "2024-02-29 12:34:56.789");
-        assert_eq!(nice_step(0.7), 1.0);
-        assert_eq!(nice_step(13.0), 20.0);
-        assert_eq!(nice_step(40.0), 50.0);
-        assert_eq!(number(2.5, 0.5), "2.5");
-        assert_eq!(number(-10.0, 5.0), "-10");
-        assert_eq!(escape("a<b&\"c\""), "a&lt;b&amp;&quot;c&quot;");
-    }
 }
