@@ -177,6 +177,23 @@ fn report_explains_a_real_capture_and_rejects_bad_input() {
     check_svg(&svg, "<polyline");
     check_svg(&dir.path().join("chart-flamegraph.svg"), "incident_burst");
 
+    // --baseline: the first capture's raw heap profile as a file.
+    let base = names[0].join("heap.prof");
+    let report = stdout(&[
+        Path::new("report"),
+        newest,
+        Path::new("--baseline"),
+        &base,
+        Path::new("--svg"),
+        &svg,
+    ]);
+    let diff = report.split("diff against ").nth(1).unwrap();
+    assert!(diff.starts_with(base.to_str().unwrap()), "{report}");
+    assert!(
+        diff.lines().nth(3).unwrap().contains("+24.0 MiB"),
+        "{report}"
+    );
+
     // Bad input.
     let memwatch_bin = Path::new(env!("CARGO_BIN_EXE_memwatch"));
     let report_of = |capture: &Path, extra: &[&Path]| -> Vec<PathBuf> {

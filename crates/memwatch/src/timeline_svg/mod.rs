@@ -155,6 +155,9 @@ impl Chart {
             .any(|s| s.cgroup_usage_bytes.is_some())
         {
             let label = match self.cgroup_off_chart {
+                Some((low, high)) if bytes_label(low) == bytes_label(high) => {
+                    format!("cgroup usage (above the chart: {})", bytes_label(high))
+                }
                 Some((low, high)) => format!(
                     "cgroup usage (above the chart: {} to {})",
                     bytes_label(low),
