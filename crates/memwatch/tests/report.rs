@@ -165,6 +165,7 @@ fn report_explains_a_real_capture_and_rejects_bad_input() {
     );
     check_svg(&out_dir.join("timeline.svg"), "<polyline");
     check_svg(&out_dir.join("timeline.svg"), "fired 50 % = 32.0 MiB");
+    check_svg(&out_dir.join("timeline.svg"), "earlier capture: share-25");
     check_svg(&out_dir.join("flamegraph.svg"), "incident_burst");
 
     // Without --binary: the binary recorded in the capture is this one, same build id.

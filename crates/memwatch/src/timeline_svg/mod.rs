@@ -2,6 +2,9 @@
 //! time, with the limit, the ladder's rungs and the capture moment marked. Plain hand-written
 //! SVG (no script, no external font or style), so any browser or image viewer shows it.
 //!
+//! Earlier captures whose moment falls inside the timeline (the lower rungs of the same spike,
+//! typically) are marked too, so the chart shows the ladder firing in order.
+//!
 //! The timeline holds up to minutes of 1 ms samples; the chart keeps, per pixel column, the
 //! lowest and the highest sample, so a spike of one sample still reaches its height.
 
@@ -16,10 +19,14 @@ pub use format::utc_timestamp;
 use format::{byte_unit, bytes_label, duration_label, escape, nice_step, number};
 
 /// Renders `timeline` (read from `capture`'s `timeline.bin`) as a standalone SVG document.
-pub fn timeline_svg(timeline: &Timeline, capture: &CaptureInfo) -> String {
+/// `others` may list the other captures of the same directory: those taken within the
+/// timeline's span are marked.
+pub fn timeline_svg(timeline: &Timeline, capture: &CaptureInfo, others: &[CaptureInfo]) -> String {
     let chart = Chart::new(timeline, capture);
     let mut svg = String::with_capacity(64 * 1024);
     chart.write(&mut svg, timeline, capture);
+    chart.other_captures(&mut svg, timeline, capture, others);
+    svg.push_str("</svg>\n");
     svg
 }
 
@@ -116,7 +123,57 @@ impl Chart {
         self.levels(svg, capture);
         self.series(svg, timeline);
         self.capture_mark(svg, capture);
-        svg.push_str("</svg>\n");
+    }
+
+    /// Thin dashed lines at earlier captures inside the chart, with their triggers written
+    /// upwards along the line; captures a few pixels apart share one label.
+    fn other_captures(
+        &self,
+        svg: &mut String,
+        timeline: &Timeline,
+        capture: &CaptureInfo,
+        others: &[CaptureInfo],
+    ) {
+        let mut marks: Vec<(f64, &str)> = others
+            .iter()
+            .filter(|o| o.name != capture.name)
+            .filter_map(|o| {
+                let secs = (o.unix_ms? as f64 - timeline.captured_unix_ms as f64) / 1000.0;
+                let inside = secs >= self.x_min && secs < 0.0;
+                inside.then(|| (self.x(secs), o.trigger.as_deref().unwrap_or("unknown")))
+            })
+            .collect();
+        marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut groups: Vec<(f64, f64, Vec<&str>)> = Vec::new();
+        for (x, trigger) in marks {
+            match groups.last_mut() {
+                Some((_, last, names)) if x - *last < 12.0 => {
+                    *last = x;
+                    names.push(trigger);
+                }
+                _ => groups.push((x, x, vec![trigger])),
+            }
+        }
+        let bottom = TOP + PLOT_H;
+        for (first, last, names) in groups {
+            for x in [first, last] {
+                let _ = writeln!(
+                    svg,
+                    r#"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{bottom}" stroke="{RUNG}" stroke-width="1" stroke-dasharray="3 3"/>"#
+                );
+            }
+            let what = if names.len() == 1 {
+                "capture"
+            } else {
+                "captures"
+            };
+            let (x, y) = (first - 4.0, bottom - 6.0);
+            let _ = writeln!(
+                svg,
+                r#"<text transform="translate({x:.1} {y:.1}) rotate(-90)" fill="{RUNG}" font-size="11"{HALO}>earlier {what}: {}</text>"#,
+                escape(&names.join(", "))
+            );
+        }
     }
 
     fn header(&self, svg: &mut String, timeline: &Timeline, capture: &CaptureInfo) {

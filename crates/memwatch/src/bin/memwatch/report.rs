@@ -65,7 +65,8 @@ pub(crate) fn report(out: &mut impl Write, args: &ReportArgs) -> anyhow::Result<
 
     let (timeline_path, flame_path) = output_paths(args, &info)?;
     if let Some(t) = &timeline {
-        write_file(&timeline_path, &timeline_svg(t, &info))?;
+        let others = memwatch::captures(parent(&info.path)).unwrap_or_default();
+        write_file(&timeline_path, &timeline_svg(t, &info, &others))?;
     }
     let Some(heap) = &info.heap_profile else {
         writeln!(
