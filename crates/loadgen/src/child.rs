@@ -24,6 +24,8 @@ pub struct GatewaySpec {
     pub data_dir: PathBuf,
     /// Passed after `serve --listen … --data-dir …`, for tuning flags.
     pub extra_args: Vec<String>,
+    /// Set in the gateway's environment on top of ours (e.g. `MALLOC_CONF`, log levels).
+    pub env: Vec<(String, String)>,
     /// Bound on waiting for `admin.token` and `/readyz`.
     pub startup_timeout: Duration,
 }
@@ -51,6 +53,7 @@ impl GatewayChild {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(&spec.extra_args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -197,7 +200,7 @@ async fn read_token(path: &Path) -> anyhow::Result<Option<String>> {
 }
 
 /// A port the kernel just handed out; released right away for the gateway to bind.
-fn free_loopback_port() -> anyhow::Result<SocketAddr> {
+pub fn free_loopback_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
     Ok(listener.local_addr()?)
 }

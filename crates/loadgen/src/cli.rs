@@ -23,6 +23,68 @@ pub struct Cli {
 pub enum Command {
     /// Start the gateway, append chunks from N concurrent streams, compare with raw fdatasync.
     Ingest(IngestArgs),
+    /// The backtrace incident side by side: a naive anyhow server and the gateway answering the
+    /// same failing requests with RUST_BACKTRACE=1; RSS growth and latency of both.
+    Incident(IncidentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IncidentArgs {
+    /// The engine-gateway binary (`serve --listen … --data-dir …`).
+    #[arg(long, default_value = "target/release/engine-gateway")]
+    pub gateway_bin: PathBuf,
+    /// The naive reference server (`cargo build --profile bench-naive -p naive-gateway`).
+    #[arg(long, default_value = "target/bench-naive/naive-gateway")]
+    pub naive_bin: PathBuf,
+    /// Failing requests per server and round.
+    #[arg(long, default_value_t = 100_000)]
+    pub requests: usize,
+    /// Keep-alive connections the requests are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Rounds (each starts both servers afresh, naive first).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Parent directory for the gateway's data [default: ./target if it exists, else temp].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Markdown result file [default: bench/results/incident.md].
+    #[arg(long, default_value = "bench/results/incident.md")]
+    pub out: PathBuf,
+    /// How often the servers' VmRSS is sampled.
+    #[arg(long, value_parser = parse_duration, default_value = "10ms")]
+    pub rss_interval: Duration,
+}
+
+impl IncidentArgs {
+    pub fn into_config(self) -> anyhow::Result<(crate::incident::IncidentConfig, PathBuf)> {
+        ensure!(self.requests >= 1, "--requests must be at least 1");
+        ensure!(
+            (1..=256).contains(&self.connections),
+            "--connections must be 1..=256"
+        );
+        ensure!((1..=20).contains(&self.rounds), "--rounds must be 1..=20");
+        ensure!(
+            !self.rss_interval.is_zero(),
+            "--rss-interval must be positive"
+        );
+        let data_dir = match self.data_dir {
+            Some(dir) => dir,
+            None if std::path::Path::new("target").is_dir() => PathBuf::from("target"),
+            None => std::env::temp_dir(),
+        };
+        let config = crate::incident::IncidentConfig {
+            gateway_bin: self.gateway_bin,
+            naive_bin: self.naive_bin,
+            requests: self.requests,
+            connections: self.connections,
+            rounds: self.rounds,
+            data_dir,
+            startup_timeout: Duration::from_secs(30),
+            rss_interval: self.rss_interval,
+        };
+        Ok((config, self.out))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +127,9 @@ pub struct IngestArgs {
     /// Extra argument for `engine-gateway serve`, repeatable (e.g. --gateway-arg=--flag).
     #[arg(long = "gateway-arg", allow_hyphen_values = true)]
     pub gateway_args: Vec<String>,
+    /// Environment variable for the gateway, repeatable (e.g. --gateway-env MALLOC_CONF=prof:false).
+    #[arg(long = "gateway-env", value_parser = parse_env)]
+    pub gateway_env: Vec<(String, String)>,
     /// Keep the run's data directory instead of removing it.
     #[arg(long)]
     pub keep_data: bool,
@@ -90,6 +155,7 @@ pub struct IngestConfig {
     pub raw_batch: u32,
     pub rss_interval: Duration,
     pub gateway_args: Vec<String>,
+    pub gateway_env: Vec<(String, String)>,
     pub keep_data: bool,
     pub smoke: bool,
     /// `YYYYMMDD-HHMMSS` of the start, for file and stream names.
@@ -155,11 +221,24 @@ impl IngestArgs {
             raw_batch: self.raw_batch,
             rss_interval: self.rss_interval,
             gateway_args: self.gateway_args,
+            gateway_env: self.gateway_env,
             keep_data: self.keep_data,
             smoke,
             run_id,
         })
     }
+}
+
+/// Parses `KEY=VALUE` for the child's environment.
+pub fn parse_env(text: &str) -> anyhow::Result<(String, String)> {
+    let (key, value) = text
+        .split_once('=')
+        .with_context(|| format!("{text:?} is not KEY=VALUE"))?;
+    ensure!(
+        !key.is_empty() && !key.contains('\0') && !value.contains('\0'),
+        "{text:?} is not KEY=VALUE"
+    );
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// Parses a byte size: `65536`, `64K`, `64KiB`, `64kb`, `1M`, `1MiB` (all binary units).
@@ -244,11 +323,44 @@ mod tests {
     }
 
     #[test]
+    fn gateway_env_and_incident_flags_parse() {
+        assert_eq!(
+            parse_env("MALLOC_CONF=prof:false,lg_prof_sample:19").unwrap_or_else(|e| panic!("{e}")),
+            ("MALLOC_CONF".into(), "prof:false,lg_prof_sample:19".into())
+        );
+        assert!(parse_env("NOVALUE").is_err());
+        assert!(parse_env("=x").is_err());
+        let cli = Cli::try_parse_from([
+            "gateway-bench",
+            "ingest",
+            "--gateway-env",
+            "A=1",
+            "--gateway-env=B=2",
+        ])
+        .unwrap_or_else(|err| panic!("{err}"));
+        let Command::Ingest(args) = cli.command else {
+            panic!("not ingest")
+        };
+        assert_eq!(
+            args.gateway_env,
+            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+        );
+        let cli = Cli::try_parse_from(["gateway-bench", "incident", "--connections", "0"])
+            .unwrap_or_else(|err| panic!("{err}"));
+        let Command::Incident(args) = cli.command else {
+            panic!("not incident")
+        };
+        assert!(args.into_config().is_err());
+    }
+
+    #[test]
     fn smoke_changes_defaults_but_not_explicit_flags() {
         let parse = |args: &[&str]| {
             let cli = Cli::try_parse_from([&["gateway-bench", "ingest"], args].concat())
                 .unwrap_or_else(|err| panic!("{err}"));
-            let Command::Ingest(args) = cli.command;
+            let Command::Ingest(args) = cli.command else {
+                panic!("not ingest")
+            };
             args.into_config()
         };
         let normal = parse(&[]).unwrap_or_else(|err| panic!("{err:#}"));

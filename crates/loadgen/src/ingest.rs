@@ -13,7 +13,7 @@ use crate::child::{GatewayChild, GatewaySpec};
 use crate::cli::IngestConfig;
 use crate::client::{LoadSpec, run_load};
 use crate::machine::{command_output, gather};
-use crate::procmem::{RssSampler, read_status, reset_peak};
+use crate::procmem::{RssSampler, cpu_time, read_status, reset_peak};
 use crate::raw::{RawResult, mib_per_s, run_raw};
 use crate::report::{Report, ScenarioResult, Settings, mib, ratio};
 
@@ -79,6 +79,7 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
         bin: config.gateway_bin.clone(),
         data_dir: run_dir.join("gateway"),
         extra_args: config.gateway_args.clone(),
+        env: config.gateway_env.clone(),
         startup_timeout: config.startup_timeout,
     };
     let mut gateway = GatewayChild::start(&spec).await?;
@@ -169,6 +170,7 @@ async fn run_scenario(
     gateway.check_alive()?;
     let pid = gateway.pid();
     let peak_rss_reset = blocking(move || Ok(reset_peak(pid)?)).await.is_ok();
+    let cpu_before = blocking(move || Ok(cpu_time(pid)?)).await.ok();
     let sampler =
         RssSampler::start(pid, config.rss_interval).context("starting the RSS sampler")?;
     let spec = LoadSpec {
@@ -185,6 +187,12 @@ async fn run_scenario(
         .check_alive()
         .with_context(|| format!("during the {streams}-stream scenario"))?;
     let status = blocking(move || Ok(read_status(pid)?)).await.ok();
+    let cpu_after = blocking(move || Ok(cpu_time(pid)?)).await.ok();
+    let gib = load.acked_bytes as f64 / f64::from(1u32 << 30);
+    let gateway_cpu_ms_per_gib = cpu_before
+        .zip(cpu_after)
+        .filter(|_| gib > 0.0)
+        .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1000.0 / gib);
     let mib_s = mib_per_s(load.acked_bytes, load.elapsed);
     let secs = load.elapsed.as_secs_f64();
     Ok(ScenarioResult {
@@ -206,6 +214,7 @@ async fn run_scenario(
         peak_rss_reset,
         max_sampled_rss_mib: (sampled.samples > 0).then(|| mib(sampled.max_rss_bytes)),
         rss_samples: sampled.samples,
+        gateway_cpu_ms_per_gib,
     })
 }
 

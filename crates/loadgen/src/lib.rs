@@ -6,6 +6,8 @@
 pub mod child;
 pub mod cli;
 pub mod client;
+pub mod incident;
+pub mod incident_client;
 pub mod ingest;
 pub mod machine;
 pub mod procmem;

@@ -4,13 +4,36 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use loadgen::cli::{Cli, Command, IngestArgs};
-use loadgen::ingest;
+use loadgen::cli::{Cli, Command, IncidentArgs, IngestArgs};
+use loadgen::{incident, ingest, machine};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Ingest(args) => ingest_main(args),
+        Command::Incident(args) => incident_main(args),
+    }
+}
+
+fn incident_main(args: IncidentArgs) -> ExitCode {
+    let result = args.into_config().and_then(|(config, out)| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let runs = runtime.block_on(incident::run(&config))?;
+        let machine = machine::gather(&config.data_dir);
+        let markdown = incident::to_markdown(&config, &runs, &machine);
+        let _ = std::io::stdout().lock().write_all(markdown.as_bytes());
+        std::fs::write(&out, &markdown)?;
+        eprintln!("wrote {}", out.display());
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

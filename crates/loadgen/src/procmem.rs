@@ -51,6 +51,28 @@ pub fn parse_status(text: &str) -> Option<MemStatus> {
     })
 }
 
+/// CPU time (user + system, all threads) a process has used, from `/proc/PID/stat`, in
+/// clock ticks of 10 ms (Linux's `USER_HZ` is 100 on every architecture it exports it for).
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_cpu_time(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no utime/stime in /proc/{pid}/stat"),
+        )
+    })
+}
+
+/// utime + stime out of a `/proc/PID/stat` line (fields 14 and 15; the command name in
+/// parentheses may contain spaces, so fields are counted after its closing parenthesis).
+pub fn parse_cpu_time(text: &str) -> Option<Duration> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// Samples a process's `VmRSS` on its own thread and keeps the largest value seen.
 ///
 /// Complements `VmHWM`: the kernel's peak is exact but cannot tell when; the sampler shows what
@@ -139,6 +161,15 @@ mod tests {
             })
         );
         assert_eq!(parse_status("Name:\tkthread\n"), None);
+    }
+
+    #[test]
+    fn parses_cpu_time_after_a_name_with_spaces() {
+        let text = "42 (tokio runtime) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0\n";
+        assert_eq!(parse_cpu_time(text), Some(Duration::from_millis(3250)));
+        assert_eq!(parse_cpu_time("42 (x) S 1"), None);
+        let own = cpu_time(std::process::id()).unwrap_or_else(|err| panic!("{err}"));
+        assert!(own < Duration::from_secs(3600));
     }
 
     #[test]

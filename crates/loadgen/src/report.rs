@@ -64,6 +64,9 @@ pub struct ScenarioResult {
     /// Largest `VmRSS` seen by sampling every few milliseconds during the scenario.
     pub max_sampled_rss_mib: Option<f64>,
     pub rss_samples: u64,
+    /// CPU time (user + system) the gateway used during the scenario, per GiB acknowledged:
+    /// a cost figure the disk's noise does not blur as much as throughput.
+    pub gateway_cpu_ms_per_gib: Option<f64>,
 }
 
 impl Report {
@@ -249,6 +252,7 @@ mod tests {
                 peak_rss_reset: true,
                 max_sampled_rss_mib: Some(47.5),
                 rss_samples: 500,
+                gateway_cpu_ms_per_gib: Some(900.0),
             }],
         }
     }

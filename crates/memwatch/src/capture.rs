@@ -88,6 +88,10 @@ pub(crate) struct Capturer {
     cgroup_limit_bytes: Option<u64>,
     limit_bytes: u64,
     limit_source: &'static str,
+    /// The ladder's share rungs in bytes, recorded so a report can draw them.
+    ladder_bytes: Vec<u64>,
+    /// Which figure the ladder compares (`allocated`, `cgroup-usage`, `max`).
+    measure: &'static str,
     /// Distinguishes captures within one millisecond.
     seq: u32,
 }
@@ -99,6 +103,8 @@ impl Capturer {
         cgroup_limit_bytes: Option<u64>,
         limit_bytes: u64,
         limit_source: &'static str,
+        ladder_bytes: Vec<u64>,
+        measure: &'static str,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir_fd = OwnedFd::from(std::fs::File::open(dir)?);
@@ -120,6 +126,8 @@ impl Capturer {
             cgroup_limit_bytes,
             limit_bytes,
             limit_source,
+            ladder_bytes,
+            measure,
             seq: 0,
         })
     }
@@ -179,6 +187,8 @@ impl Capturer {
             cgroup_limit_bytes: self.cgroup_limit_bytes,
             limit_bytes: self.limit_bytes,
             limit_source: self.limit_source,
+            ladder_bytes: &self.ladder_bytes,
+            measure: self.measure,
             binary: &self.binary,
             build_id: &self.build_id,
             heap,

@@ -39,6 +39,7 @@ mod recorder;
 mod recorder_thread;
 mod snapshot;
 mod timeline;
+mod timeline_svg;
 mod wake;
 
 use std::path::PathBuf;
@@ -62,6 +63,7 @@ pub use snapshot::{
     process_memory, process_memory_at, snapshot, write_prometheus,
 };
 pub use timeline::{Timeline, TimelineSample, read_timeline};
+pub use timeline_svg::{timeline_svg, utc_timestamp};
 
 /// Errors of memwatch's fallible operations. Reading figures for a snapshot never fails as a
 /// whole: a figure that cannot be read is `None` there.

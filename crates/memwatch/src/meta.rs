@@ -32,6 +32,8 @@ pub(crate) struct MetaRecord<'a> {
     pub(crate) cgroup_limit_bytes: Option<u64>,
     pub(crate) limit_bytes: u64,
     pub(crate) limit_source: &'static str,
+    pub(crate) ladder_bytes: &'a [u64],
+    pub(crate) measure: &'static str,
     pub(crate) binary: &'a Path,
     pub(crate) build_id: &'a str,
     pub(crate) heap: HeapOutcome,
@@ -62,6 +64,13 @@ impl MetaRecord<'_> {
         }
         writeln!(out, "limit_bytes={}", self.limit_bytes)?;
         writeln!(out, "limit_source={}", self.limit_source)?;
+        out.extend_from_slice(b"ladder_bytes=");
+        for (i, rung) in self.ladder_bytes.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(out, "{sep}{rung}")?;
+        }
+        out.push(b'\n');
+        writeln!(out, "measure={}", self.measure)?;
         writeln!(out, "pid={}", std::process::id())?;
         writeln!(out, "binary={}", self.binary.display())?;
         writeln!(out, "build_id={}", self.build_id)?;
@@ -100,6 +109,15 @@ pub struct CaptureInfo {
     pub cgroup_limit_bytes: Option<u64>,
     /// The limit the ladder was computed from (config or cgroup).
     pub limit_bytes: Option<u64>,
+    /// `config`, `cgroup` or `config capped by cgroup`.
+    pub limit_source: Option<String>,
+    /// The ladder's share rungs in bytes, ascending (empty in captures from before they were
+    /// recorded).
+    pub ladder_bytes: Vec<u64>,
+    /// The bytes level that fired (`0` for a manual capture).
+    pub trigger_bytes: Option<u64>,
+    /// Which figure the ladder compared with the limit: `allocated`, `cgroup-usage`, `max`.
+    pub measure: Option<String>,
     pub pid: Option<u32>,
     /// The binary that was running: needed to symbolize the heap profile.
     pub binary: Option<PathBuf>,
@@ -117,6 +135,36 @@ pub struct CaptureInfo {
 }
 
 impl CaptureInfo {
+    /// Reads one capture directory, for a report: fails when `dir` is not a directory or has
+    /// no `meta.txt` starting with `memwatch_capture=1`. A capture cut short is returned with
+    /// `complete: false` (also when its directory still has the `.tmp-` prefix).
+    pub fn open(dir: &Path) -> Result<Self, crate::RecorderError> {
+        let io = |source| crate::RecorderError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !std::fs::metadata(dir).map_err(io)?.is_dir() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "not a directory",
+            )));
+        }
+        let meta = dir.join("meta.txt");
+        let not_capture = || crate::RecorderError::Parse {
+            path: dir.to_path_buf(),
+            reason: "not a memwatch capture (no meta.txt from the flight recorder)",
+        };
+        let first = crate::cgroup::read_small(&meta).ok_or_else(not_capture)?;
+        if !first.starts_with("memwatch_capture=1") {
+            return Err(not_capture());
+        }
+        let mut info = Self::read(dir).ok_or_else(not_capture)?;
+        if info.name.starts_with(crate::capture::TMP_PREFIX) {
+            info.complete = false;
+        }
+        Ok(info)
+    }
+
     /// Reads a capture directory; `None` when it has no readable `meta.txt`.
     pub(crate) fn read(dir: &Path) -> Option<Self> {
         let text = crate::cgroup::read_small(&dir.join("meta.txt"))?;
@@ -147,6 +195,13 @@ impl CaptureInfo {
             cgroup_usage_bytes: num("cgroup_usage_bytes"),
             cgroup_limit_bytes: num("cgroup_limit_bytes"),
             limit_bytes: num("limit_bytes"),
+            limit_source: fields.get("limit_source").map(|s| (*s).to_string()),
+            ladder_bytes: fields
+                .get("ladder_bytes")
+                .map(|v| v.split(',').filter_map(|b| b.parse().ok()).collect())
+                .unwrap_or_default(),
+            trigger_bytes: num("trigger_bytes"),
+            measure: fields.get("measure").map(|s| (*s).to_string()),
             pid: num("pid").and_then(|p| u32::try_from(p).ok()),
             binary: fields.get("binary").map(PathBuf::from),
             build_id: fields.get("build_id").map(|s| (*s).to_string()),
@@ -257,6 +312,8 @@ mod tests {
             cgroup_limit_bytes: Some(256 << 20),
             limit_bytes: 256 << 20,
             limit_source: "cgroup",
+            ladder_bytes: &[150 << 20, 192 << 20],
+            measure: "allocated",
             binary: Path::new("/usr/bin/engine-gateway"),
             build_id: "abcd",
             heap: HeapOutcome::Written,
@@ -274,6 +331,9 @@ mod tests {
         assert_eq!(info.trigger.as_deref(), Some("share-75"));
         assert_eq!(info.detection_latency, Some(Duration::from_micros(42)));
         assert_eq!(info.cgroup_limit_bytes, Some(256 << 20));
+        assert_eq!(info.ladder_bytes, vec![150 << 20, 192 << 20]);
+        assert_eq!(info.trigger_bytes, Some(192 << 20));
+        assert_eq!(info.measure.as_deref(), Some("allocated"));
         assert_eq!(info.heap_profile, Some(dir.path().join("heap.prof")));
         assert_eq!(info.timeline, None, "listed only when the file exists");
         assert_eq!(info.build_id.as_deref(), Some("abcd"));

@@ -58,8 +58,22 @@ pub(crate) fn spawn(
         config.max_captures,
         config.max_capture_bytes,
     );
-    let capturer =
-        Capturer::new(&config.capture_dir, cgroup_limit, limit, source).map_err(io_err)?;
+    let mut ladder_bytes: Vec<u64> = config.ladder.iter().map(|&s| share_of(limit, s)).collect();
+    ladder_bytes.sort_unstable();
+    let measure = match config.measure {
+        Measure::Allocated => "allocated",
+        Measure::CgroupUsage => "cgroup-usage",
+        Measure::Max => "max",
+    };
+    let capturer = Capturer::new(
+        &config.capture_dir,
+        cgroup_limit,
+        limit,
+        source,
+        ladder_bytes,
+        measure,
+    )
+    .map_err(io_err)?;
     let resolution_ns = u64::try_from(config.resolution.as_nanos()).unwrap_or(1_000_000);
     let ladder = Ladder::new(
         limit,

@@ -1,12 +1,18 @@
 //! `memwatch`: reads heap profiles captured by a service (raw jemalloc dumps or pprof from
-//! `/debug/pprof/heap`) and explains them offline, with file:line from the binary's DWARF.
+//! `/debug/pprof/heap`) and the flight recorder's capture directories, and explains them
+//! offline, with file:line from the binary's DWARF.
 //!
 //! ```text
 //! memwatch top FILE [--binary BIN] [-n 20]
 //! memwatch diff BASE NEW [--binary BIN] [-n 20]
 //! memwatch flamegraph FILE [--binary BIN] -o OUT.svg
 //! memwatch symbolize FILE --binary BIN -o OUT.pb.gz
+//! memwatch captures DIR
+//! memwatch report CAPTURE [--binary BIN] [--baseline CAPTURE|PROFILE] [-o DIR | --svg FILE]
 //! ```
+
+mod captures;
+mod report;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -62,14 +68,22 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// Lists the flight recorder's captures in a directory, oldest first.
+    Captures {
+        /// The recorder's capture directory (the parent of the `capture-*` directories).
+        dir: PathBuf,
+    },
+    /// Explains one capture: trigger, memory figures, top allocation sites, the diff against
+    /// the previous capture, and SVGs of the timeline and of the heap.
+    Report(report::ReportArgs),
 }
 
 #[derive(clap::Args)]
-struct Symbols {
+pub(crate) struct Symbols {
     /// The profiled binary, or its split debug file (BIN.debug), for function names and
     /// file:line. Must be the same build (checked by build id when the profile has one).
     #[arg(long)]
-    binary: Option<PathBuf>,
+    pub(crate) binary: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -97,27 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             symbols,
             count,
-        } => {
-            let profile = load(&file, &symbols)?;
-            let total = profile.total_bytes().max(1) as f64;
-            writeln!(
-                out,
-                "{:>12} {:>6} {:>12} {:>6}  function",
-                "flat", "flat%", "cum", "cum%"
-            )?;
-            for row in top(&profile).into_iter().take(count) {
-                let source = row.source.map(|s| format!(" ({s})")).unwrap_or_default();
-                writeln!(
-                    out,
-                    "{:>12} {:>5.1}% {:>12} {:>5.1}%  {}{source}",
-                    human_bytes(row.flat_bytes).to_string(),
-                    row.flat_bytes as f64 * 100.0 / total,
-                    human_bytes(row.cum_bytes).to_string(),
-                    row.cum_bytes as f64 * 100.0 / total,
-                    row.function,
-                )?;
-            }
-        }
+        } => write_top(&mut out, &load(&file, &symbols)?, count, false)?,
         Command::Diff {
             base,
             new,
@@ -126,28 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let base = load(&base, &symbols)?;
             let new = load(&new, &symbols)?;
-            writeln!(
-                out,
-                "total {} -> {} ({:+})",
-                human_bytes(base.total_bytes()),
-                human_bytes(new.total_bytes()),
-                human_bytes(new.total_bytes() - base.total_bytes())
-            )?;
-            writeln!(
-                out,
-                "{:>12} {:>12} {:>12}  function",
-                "delta", "base", "new"
-            )?;
-            for row in diff(&base, &new).into_iter().take(count) {
-                writeln!(
-                    out,
-                    "{:>12} {:>12} {:>12}  {}",
-                    format!("{:+}", human_bytes(row.delta())),
-                    human_bytes(row.base_bytes).to_string(),
-                    human_bytes(row.new_bytes).to_string(),
-                    row.function
-                )?;
-            }
+            write_diff(&mut out, &base, &new, count)?;
         }
         Command::Flamegraph {
             file,
@@ -171,14 +144,78 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(&output, profile.to_pprof_gzip())
                 .with_context(|| format!("writing {}", output.display()))?;
         }
+        Command::Captures { dir } => captures::list(&mut out, &dir)?,
+        Command::Report(args) => report::report(&mut out, &args)?,
     }
     out.flush()?;
     Ok(())
 }
 
+/// The functions holding the most live memory, as a table; with `sites_only`, only those
+/// that allocated some of it themselves (flat > 0), not their callers.
+pub(crate) fn write_top(
+    out: &mut impl Write,
+    profile: &Profile,
+    count: usize,
+    sites_only: bool,
+) -> std::io::Result<()> {
+    let total = profile.total_bytes().max(1) as f64;
+    writeln!(
+        out,
+        "{:>12} {:>6} {:>12} {:>6}  function",
+        "flat", "flat%", "cum", "cum%"
+    )?;
+    let rows = top(profile).into_iter();
+    for row in rows.filter(|r| !sites_only || r.flat_bytes > 0).take(count) {
+        let source = row.source.map(|s| format!(" ({s})")).unwrap_or_default();
+        writeln!(
+            out,
+            "{:>12} {:>5.1}% {:>12} {:>5.1}%  {}{source}",
+            human_bytes(row.flat_bytes).to_string(),
+            row.flat_bytes as f64 * 100.0 / total,
+            human_bytes(row.cum_bytes).to_string(),
+            row.cum_bytes as f64 * 100.0 / total,
+            row.function,
+        )?;
+    }
+    Ok(())
+}
+
+/// The functions whose live memory grew most from `base` to `new`, as a table.
+pub(crate) fn write_diff(
+    out: &mut impl Write,
+    base: &Profile,
+    new: &Profile,
+    count: usize,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "total {} -> {} ({:+})",
+        human_bytes(base.total_bytes()),
+        human_bytes(new.total_bytes()),
+        human_bytes(new.total_bytes() - base.total_bytes())
+    )?;
+    writeln!(
+        out,
+        "{:>12} {:>12} {:>12}  function",
+        "delta", "base", "new"
+    )?;
+    for row in diff(base, new).into_iter().take(count) {
+        writeln!(
+            out,
+            "{:>12} {:>12} {:>12}  {}",
+            format!("{:+}", human_bytes(row.delta())),
+            human_bytes(row.base_bytes).to_string(),
+            human_bytes(row.new_bytes).to_string(),
+            row.function
+        )?;
+    }
+    Ok(())
+}
+
 /// Reads a profile and symbolizes it: with DWARF from `--binary`, else from the mapped
 /// files' symbol tables if they are on this machine (raw dumps read where they were taken).
-fn load(path: &Path, symbols: &Symbols) -> anyhow::Result<Profile> {
+pub(crate) fn load(path: &Path, symbols: &Symbols) -> anyhow::Result<Profile> {
     let mut profile =
         Profile::read_file(path).with_context(|| format!("reading {}", path.display()))?;
     match &symbols.binary {
