@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use cgroup::{ChildCgroup, function_symbol};
+use cgroup::ChildCgroup;
 
 #[global_allocator]
 static GLOBAL: memwatch::Allocator = memwatch::Allocator::new();
@@ -279,8 +279,6 @@ fn incident_is_captured_the_first_time(cgroup: &ChildCgroup) {
 fn child_burst() -> ExitCode {
     let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
     let recorder = memwatch::Recorder::start(memwatch::RecorderConfig::new(&dir)).unwrap();
-    let addr = oom_burst as fn() -> Vec<Vec<u8>> as usize;
-    std::fs::write(dir.parent().unwrap().join("burst_addr"), addr.to_string()).unwrap();
     let held = oom_burst();
     drop(recorder);
     println!("not killed with {} MiB", held.len());

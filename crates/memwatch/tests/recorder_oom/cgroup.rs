@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -118,27 +118,4 @@ impl Drop for ChildCgroup {
         }
         eprintln!("warning: could not remove cgroup {}", self.dir.display());
     }
-}
-
-/// `(address, size)` of the function symbol whose mangled name contains `needle`, from the
-/// ELF symbol table of `binary`.
-pub fn function_symbol(binary: &Path, needle: &str) -> Option<(u64, u64)> {
-    let elf = std::fs::read(binary).ok()?;
-    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
-    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
-    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
-    let (shoff, shentsize, shnum) = (u64_at(0x28) as usize, u16_at(0x3a), u16_at(0x3c));
-    let section = |i: usize| shoff + i * shentsize;
-    let symtab = (0..shnum).map(section).find(|&s| u32_at(s + 4) == 2)?; // SHT_SYMTAB
-    let strtab = section(u32_at(symtab + 40));
-    let (sym_off, sym_size) = (u64_at(symtab + 24) as usize, u64_at(symtab + 32) as usize);
-    let str_off = u64_at(strtab + 24) as usize;
-    (0..sym_size / 24).find_map(|i| {
-        let sym = sym_off + i * 24;
-        let name_at = str_off + u32_at(sym);
-        let end = name_at + elf[name_at..].iter().position(|&b| b == 0)?;
-        let name = std::str::from_utf8(&elf[name_at..end]).ok()?;
-        let is_func = elf[sym + 4] & 0xf == 2;
-        (is_func && name.contains(needle)).then(|| (u64_at(sym + 8), u64_at(sym + 16)))
-    })
 }
