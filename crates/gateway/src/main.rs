@@ -12,8 +12,13 @@ use engine_gateway::cli::{Cli, Command};
 use engine_gateway::commands;
 
 /// jemalloc, counted at the allocator, with sampled heap profiling on by default.
+#[cfg(not(feature = "plain-jemalloc"))]
 #[global_allocator]
 static GLOBAL: memwatch::Allocator = memwatch::Allocator::new();
+/// Benchmark builds only: the same jemalloc without the counting wrapper.
+#[cfg(feature = "plain-jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // Sampled heap profiling (memwatch's default) plus freed pages returned to the kernel at once:
 // without it jemalloc keeps dirty pages ~10 s, and a 256-stream ingest peaked at ~75 MiB RSS
 // instead of ~55 MiB, for no throughput gain measurable here (bench/README.md).
