@@ -79,9 +79,19 @@ impl MemoryWatch {
             .is_some_and(memwatch::Recorder::over_soft_limit)
     }
 
+    /// Recorder and post-mortem metrics. Reading resets the cgroup peak: each scrape sees the
+    /// highest usage since the previous one, sampled every millisecond.
     pub fn write_metrics(&self, out: &mut String) {
         if let Some(recorder) = &self.recorder {
             recorder.status().write_prometheus(out);
+            if let Some(peak) = recorder.take_cgroup_peak() {
+                crate::metrics::write_gauge(
+                    out,
+                    "memwatch_cgroup_usage_peak_bytes",
+                    "highest cgroup memory usage since the previous scrape, sampled every 1 ms",
+                    peak,
+                );
+            }
         }
         self.postmortem.write_prometheus(out);
     }

@@ -189,6 +189,8 @@ pub(crate) struct Shared {
     pub(crate) samples_total: AtomicU64,
     pub(crate) purges_total: AtomicU64,
     pub(crate) soft_limit_entries_total: AtomicU64,
+    /// Highest cgroup usage sampled (every tick) since the last [`Recorder::take_cgroup_peak`].
+    pub(crate) cgroup_peak: AtomicU64,
     /// Updated after each capture only, never in the sampling loop.
     pub(crate) status: Mutex<RecorderStatus>,
 }
@@ -243,6 +245,16 @@ impl Recorder {
             self.shared.soft_limit_entries_total.load(Ordering::Relaxed);
         status.armed_bytes = crate::wake::armed();
         status
+    }
+
+    /// The highest cgroup usage the recorder sampled (at its resolution, 1 ms by default) since
+    /// the previous call, which resets it: a scrape every 10 s still sees a 50 ms spike of the
+    /// container's memory, page cache included. `None` when no cgroup usage could be read.
+    pub fn take_cgroup_peak(&self) -> Option<u64> {
+        match self.shared.cgroup_peak.swap(0, Ordering::Relaxed) {
+            0 => None,
+            peak => Some(peak),
+        }
     }
 
     /// Stops the thread and waits for it (a capture in progress finishes first).

@@ -96,6 +96,7 @@ pub(crate) fn spawn(
         samples_total: AtomicU64::new(0),
         purges_total: AtomicU64::new(0),
         soft_limit_entries_total: AtomicU64::new(0),
+        cgroup_peak: AtomicU64::new(0),
         status: Mutex::new(RecorderStatus::new(&config.capture_dir, limit, source)),
     });
     let mut state = State {
@@ -157,6 +158,9 @@ impl State {
         let at_us = now_ns.saturating_sub(self.started_ns) / 1000;
         let allocated = crate::allocated_bytes().unwrap_or(0);
         let cgroup = self.usage_file.as_ref().and_then(read_usage);
+        if let Some(usage) = cgroup {
+            self.shared.cgroup_peak.fetch_max(usage, Ordering::Relaxed);
+        }
         self.ring.push(at_us, allocated, cgroup);
         self.shared.samples_total.fetch_add(1, Ordering::Relaxed);
 

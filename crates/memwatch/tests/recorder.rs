@@ -267,3 +267,32 @@ fn soft_limit_turns_on_above_the_high_mark_and_off_below_the_low_mark() {
     assert!(status.purges_total >= 1);
     assert_eq!(status.captures_total, 0, "no rungs configured");
 }
+
+#[test]
+fn the_cgroup_peak_since_the_last_scrape_holds_a_short_spike() {
+    let _serial = serial();
+    let Some(before) = memwatch::cgroup_memory().ok().and_then(|c| c.usage_bytes) else {
+        eprintln!("no memory cgroup usage readable here: nothing to check");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = Recorder::start(config(dir.path(), 64 << 30, &[0.9])).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let _ = recorder.take_cgroup_peak(); // a scrape: resets
+    // 16 MiB blocks are above jemalloc's oversize threshold: fresh pages, unmapped at free, so
+    // the spike shows in the cgroup even if earlier tests left dirty pages for reuse.
+    let blocks: Vec<Vec<u8>> = (0..4)
+        .map(|_| black_box(vec![0x5au8; 16 * MIB as usize]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    drop(black_box(blocks));
+    std::thread::sleep(Duration::from_millis(50));
+    let peak = recorder
+        .take_cgroup_peak()
+        .expect("the recorder samples cgroup usage");
+    assert!(
+        peak >= before + 48 * MIB,
+        "peak {peak} should hold the 64 MiB spike over {before}"
+    );
+    recorder.stop();
+}
