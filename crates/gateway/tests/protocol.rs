@@ -643,6 +643,8 @@ fn debug_endpoints_are_for_admins() {
 #[test]
 fn over_the_connection_cap_clients_get_503_not_a_dropped_connection() {
     let gw = Gateway::start_with(&["--max-connections", "4"], None);
+    // The start-up probe's connection must be gone before the four idle ones take every slot.
+    std::thread::sleep(Duration::from_millis(500));
     let idle: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(gw.addr).unwrap())
         .collect();
