@@ -12,6 +12,7 @@ use std::os::unix::fs::{
     DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt,
 };
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::Role;
@@ -28,6 +29,30 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 #[derive(Clone)]
 pub struct FileTokenStore {
     inner: Arc<Inner>,
+    /// Queue of the one thread that serves `get`: per-request lookups (a `stat`, sometimes a
+    /// read) on a fixed thread rather than the blocking pool, whose threads (stacks, allocator
+    /// caches) would come and go with load.
+    lookups: SyncSender<(String, LookupReply)>,
+}
+
+/// Where the lookup thread sends one answer.
+type LookupReply = tokio::sync::oneshot::Sender<Result<Option<TokenRecord>, TokenError>>;
+
+/// Lookups queued for the lookup thread at most; beyond, they go to the blocking pool.
+const LOOKUP_QUEUE: usize = 1024;
+
+/// Starts the lookup thread; it ends when the last clone of the store (its sender) is dropped.
+fn spawn_lookups(inner: Arc<Inner>) -> Result<SyncSender<(String, LookupReply)>, TokenError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, LookupReply)>(LOOKUP_QUEUE);
+    std::thread::Builder::new()
+        .name("egw-token-lookup".into())
+        .spawn(move || {
+            for (id, reply) in rx {
+                let _ = reply.send(inner.get(&id));
+            }
+        })
+        .map_err(|e| TokenError::Task(format!("starting the token lookup thread: {e}")))?;
+    Ok(tx)
 }
 
 /// Creates the first admin token when the store holds none at all, and writes the full token
@@ -79,9 +104,9 @@ impl FileTokenStore {
                 .map_err(io_err("set permissions of", &dir))
         })
         .await?;
-        Ok(FileTokenStore {
-            inner: Arc::new(inner),
-        })
+        let inner = Arc::new(inner);
+        let lookups = spawn_lookups(Arc::clone(&inner))?;
+        Ok(FileTokenStore { inner, lookups })
     }
 
     /// The directory holding the record files.
@@ -120,8 +145,16 @@ impl TokenStore for FileTokenStore {
         if !is_token_id(id) {
             return Ok(None);
         }
-        let id = id.to_owned();
-        self.with_inner(move |inner| inner.get(&id)).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        match self.lookups.try_send((id.to_owned(), reply)) {
+            Ok(()) => answer
+                .await
+                .map_err(|_| TokenError::Task("the token lookup thread stopped".into()))?,
+            // A full queue (or no thread): the blocking pool takes the overflow.
+            Err(TrySendError::Full((id, _)) | TrySendError::Disconnected((id, _))) => {
+                self.with_inner(move |inner| inner.get(&id)).await
+            }
+        }
     }
 
     async fn list(&self) -> Result<Vec<TokenRecord>, TokenError> {
