@@ -210,6 +210,8 @@ fn cat_follows_a_push_from_stdin_until_seal() {
     let gw = Gateway::start();
     let token = gw.admin_token();
     let stream = "acme/prod/piped";
+    // Created empty first: `cat` refuses a stream that does not exist.
+    assert_eq!(gw.append(&token, stream, 0, b"").status, 204);
     let cat = Command::new(BIN)
         .args([
             "cat",
@@ -225,8 +227,6 @@ fn cat_follows_a_push_from_stdin_until_seal() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The stream does not exist yet: create it so the follower has something to follow.
-    assert_eq!(gw.append(&token, stream, 0, b"").status, 204);
     let mut push = Command::new(BIN)
         .args([
             "push",
