@@ -69,43 +69,65 @@ pub const ERROR_CODES: [&str; 27] = [
 ];
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
+pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 
-/// A Prometheus histogram of durations.
-#[derive(Default)]
+/// A Prometheus histogram with fixed upper bounds (the gateway's and the stores' alike).
 pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    /// Sum in nanoseconds, converted to seconds at exposition.
-    sum_nanos: AtomicU64,
+    bounds: &'static [f64],
+    /// One count per bound, not cumulative; the last is +Inf.
+    counts: Vec<AtomicU64>,
+    /// Sum of observations in millionths, to keep it an integer that does not overflow.
+    sum_micros: AtomicU64,
 }
 
 impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_nanos.fetch_add(
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
     }
 
-    fn write(&self, out: &mut String, name: &str, help: &str) {
+    pub fn observe(&self, value: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
+    }
+
+    pub fn observe_duration(&self, elapsed: Duration) {
+        self.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            match self.bounds.get(i) {
+                Some(bound) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
         }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+impl Default for Histogram {
+    /// A latency histogram, in seconds.
+    fn default() -> Self {
+        Histogram::new(&LATENCY_BUCKETS)
     }
 }
 
@@ -136,7 +158,7 @@ impl Metrics {
             .position(|&x| x == status)
             .unwrap_or(OTHER_STATUS);
         self.requests[r][s].fetch_add(1, Relaxed);
-        self.request_latency.observe(elapsed);
+        self.request_latency.observe_duration(elapsed);
     }
 
     pub fn error(&self, code: &str) {
@@ -192,16 +214,19 @@ impl Metrics {
                 &self.rejected_connections,
             ),
         ] {
-            let name = format!("engine_gateway_{name}");
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+            write_counter(
+                out,
+                &format!("engine_gateway_{name}"),
+                help,
+                value.load(Relaxed),
+            );
         }
-        let name = "engine_gateway_open_connections";
-        let _ = writeln!(
+        write_gauge(
             out,
-            "# HELP {name} client connections open\n# TYPE {name} gauge"
+            "engine_gateway_open_connections",
+            "client connections open",
+            self.open_connections.load(Relaxed),
         );
-        let _ = writeln!(out, "{name} {}", self.open_connections.load(Relaxed));
         self.append_latency.write(
             out,
             "engine_gateway_append_seconds",
@@ -210,6 +235,14 @@ impl Metrics {
         self.request_latency
             .write(out, "engine_gateway_request_seconds", "request durations");
     }
+}
+
+/// Writes one counter with its HELP and TYPE lines.
+pub fn write_counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
 }
 
 /// Writes one gauge with its HELP and TYPE lines.
@@ -231,7 +264,8 @@ mod tests {
         m.request(Route::Append, 418, Duration::from_millis(3));
         m.error("offset_mismatch");
         m.error("no_such_code");
-        m.append_latency.observe(Duration::from_micros(700));
+        m.append_latency
+            .observe_duration(Duration::from_micros(700));
         let mut out = String::new();
         m.write(&mut out);
         assert!(out.contains("engine_gateway_requests_total{route=\"append\",status=\"204\"} 1"));

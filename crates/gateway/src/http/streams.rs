@@ -371,7 +371,10 @@ impl<'a> Appender<'a> {
             .store
             .append(&self.id, self.offset, data, seal)
             .await;
-        self.state.metrics.append_latency.observe(started.elapsed());
+        self.state
+            .metrics
+            .append_latency
+            .observe_duration(started.elapsed());
         self.held = None; // committed or refused: either way the bytes are no longer held
         let appended = result?;
         self.state

@@ -1,7 +1,8 @@
 //! Counters of the embedded store, rendered in the Prometheus text format.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::metrics::{Histogram, write_counter, write_gauge};
 
 /// What recovery did when the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,53 +15,6 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Milliseconds the recovery took.
     pub millis: u64,
-}
-
-/// A histogram with fixed upper bounds.
-pub(super) struct Histogram {
-    bounds: &'static [f64],
-    /// One count per bound, not cumulative; the last is +Inf.
-    counts: Vec<AtomicU64>,
-    /// Sum of observations, in micro-units, to keep it an integer.
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub(super) fn observe(&self, value: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| value <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
-    }
-
-    fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Relaxed);
-            match self.bounds.get(i) {
-                Some(bound) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
-        }
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
-    }
 }
 
 /// Live counters, updated by the writer thread.
@@ -114,11 +68,11 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let name = format!("engine_gateway_store_{name}");
-            let _ = writeln!(
+            write_counter(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Relaxed)
+                &format!("engine_gateway_store_{name}"),
+                help,
+                value.load(Relaxed),
             );
         }
         self.batch_records.write(
@@ -145,10 +99,11 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in recovery {
-            let name = format!("engine_gateway_store_recovery_{name}");
-            let _ = writeln!(
+            write_gauge(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                &format!("engine_gateway_store_recovery_{name}"),
+                help,
+                value,
             );
         }
     }

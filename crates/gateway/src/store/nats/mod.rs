@@ -265,7 +265,7 @@ impl Store for NatsStore {
     }
 
     fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+        use crate::metrics::{write_counter, write_gauge};
         let m = &self.inner.metrics;
         let connected = matches!(
             self.inner.client.connection_state(),
@@ -293,23 +293,18 @@ impl Store for NatsStore {
                 &m.errors,
             ),
         ] {
-            let _ = writeln!(out, "# HELP engine_gateway_store_nats_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE engine_gateway_store_nats_{name}_total counter");
-            let _ = writeln!(
+            write_counter(
                 out,
-                "engine_gateway_store_nats_{name}_total {}",
-                value.load(Ordering::Relaxed)
+                &format!("engine_gateway_store_nats_{name}_total"),
+                help,
+                value.load(Ordering::Relaxed),
             );
         }
-        let _ = writeln!(
+        write_gauge(
             out,
-            "# HELP engine_gateway_store_nats_connected whether the nats connection is up"
-        );
-        let _ = writeln!(out, "# TYPE engine_gateway_store_nats_connected gauge");
-        let _ = writeln!(
-            out,
-            "engine_gateway_store_nats_connected {}",
-            u8::from(connected)
+            "engine_gateway_store_nats_connected",
+            "whether the nats connection is up",
+            u8::from(connected),
         );
     }
 }
