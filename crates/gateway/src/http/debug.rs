@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -17,15 +17,7 @@ pub async fn memory(
 ) -> Result<Response, ApiError> {
     state.require_admin(&headers).await?;
     // /proc and cgroup files: tiny reads, but file I/O all the same, so off the workers.
-    let snapshot = tokio::task::spawn_blocking(memwatch::peek_snapshot)
-        .await
-        .map_err(|err| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                err.to_string(),
-            )
-        })?;
+    let snapshot = tokio::task::spawn_blocking(memwatch::peek_snapshot).await?;
     let mut body = snapshot_json(&snapshot);
     if let (Value::Object(map), Value::Object(more)) = (&mut body, state.memory.json()) {
         map.extend(more);

@@ -90,6 +90,18 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// A blocking task that died (a panic in it): a bug, answered 500.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(err: tokio::task::JoinError) -> Self {
+        tracing::error!(error = %err, "blocking task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
 impl From<StreamIdError> for ApiError {
     fn from(err: StreamIdError) -> Self {
         ApiError::bad_request("invalid_stream_id", err.to_string())

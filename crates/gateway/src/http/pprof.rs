@@ -57,14 +57,7 @@ pub async fn heap(
         let _permit = permit;
         render(format)
     })
-    .await
-    .map_err(|err| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            err.to_string(),
-        )
-    })?
+    .await?
     .map_err(profile_error)?;
 
     let (content_type, disposition) = match format {
