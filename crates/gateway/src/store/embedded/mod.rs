@@ -205,7 +205,17 @@ impl EmbeddedStore {
     }
 }
 
-/// Takes the exclusive flock on `dir/LOCK`, failing at once when another process holds it.
+/// How long `open` waits for the previous owner of the directory to let go of its lock.
+///
+/// A lock is released when the last descriptor of its open file description closes, and a
+/// descriptor is copied into every child forked in the meantime until that child execs. So a
+/// lock can outlive its owner by a moment: a supervisor restarting the gateway, or a process that
+/// closed the store while another thread was spawning a child. Waiting briefly covers both;
+/// a directory that is really in use still fails, after this wait.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Takes the exclusive flock on `dir/LOCK`, failing when another process holds it for longer
+/// than [`LOCK_WAIT`].
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("LOCK");
     let file = OpenOptions::new()
@@ -214,22 +224,28 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|e| StoreError::internal(format!("opening {}: {e}", path.display())))?;
-    // SAFETY: flock on a file descriptor we own, which stays open for the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a file descriptor we own, which stays open for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
         let err = std::io::Error::last_os_error();
-        if err.kind() == std::io::ErrorKind::WouldBlock {
+        if err.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(StoreError::internal(format!(
+                "locking {}: {err}",
+                path.display()
+            )));
+        }
+        if Instant::now() >= deadline {
             return Err(StoreError::unavailable(format!(
                 "store directory {} is in use by another process",
                 dir.display()
             )));
         }
-        return Err(StoreError::internal(format!(
-            "locking {}: {err}",
-            path.display()
-        )));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(file)
 }
 
 /// Replays the log since the index's checkpoint; returns the log end, the next stream key, and
