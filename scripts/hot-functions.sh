@@ -13,7 +13,7 @@
 # Run it after changes that rename or add many functions on the startup or request path; stale
 # entries only cost resident pages (the linker skips names it does not find).
 #
-# usage: scripts/hot-functions.sh        (needs valgrind, curl, awk; builds the release binary)
+# usage: scripts/hot-functions.sh   (needs valgrind, curl, awk; builds the release binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)"; exit 1; }
@@ -36,28 +36,8 @@ curl -s "$url/readyz" >/dev/null
 sleep 3 # the store's checkpoint and the idle loops
 callgrind_control --dump=start $gateway >/dev/null 2>&1
 
-# Phase 2, an ordinary session: writes, a conflict, reads, a follower, the operator endpoints,
-# bad input.
-token=$(cat "$work/data/admin.token")
-auth=(-H "Authorization: Bearer $token")
-octets=(-H "Content-Type: application/offset+octet-stream")
-stream=$url/v1/streams/acme/prod/app
-curl -s "${auth[@]}" "$stream?offset=0&follow=true" --max-time 20 >/dev/null &
-follower=$!
-head -c 300000 /dev/urandom >"$work/chunk"
-curl -s -X PATCH "${auth[@]}" "${octets[@]}" -H "Stream-Offset: 0" --data-binary @"$work/chunk" "$stream"
-curl -s -X PATCH "${auth[@]}" "${octets[@]}" -H "Stream-Offset: 0" --data-binary x "$stream" >/dev/null
-curl -s -X PATCH "${auth[@]}" "${octets[@]}" -H "Stream-Offset: 300000" -H "Stream-Seal: true" \
-  --data-binary "last line" "$stream"
-wait $follower || true
-curl -s -I "${auth[@]}" "$stream" >/dev/null
-curl -s "${auth[@]}" "$stream?offset=1000" >/dev/null
-curl -s "${auth[@]}" "$url/v1/streams?prefix=acme/" >/dev/null
-curl -s "${auth[@]}" "$url/metrics" >/dev/null
-curl -s "${auth[@]}" "$url/debug/memory" >/dev/null
-curl -s -H "Authorization: Bearer not-a-token" "$stream" >/dev/null
-curl -s "${auth[@]}" "$url/v1/streams/bad%20id/x/y" >/dev/null
-curl -s -X PATCH "${auth[@]}" -H "Stream-Offset: 0" --data-binary x "$url/v1/streams/acme/prod/other" >/dev/null
+# Phase 2, an ordinary session.
+scripts/sample-session.sh "$url" "$(cat "$work/data/admin.token")"
 sleep 2
 kill -TERM $gateway
 wait $gateway || true
