@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Idle RSS of the release gateway (embedded store, no memory limit): at rest 1 s after it is
-# ready, and at rest again 1 s after an ordinary client session (scripts/sample-session.sh).
+# Idle RSS of the release gateway (embedded store): at rest 1 s after it is ready, and at rest
+# again 1 s after an ordinary client session (scripts/sample-session.sh); without a memory
+# limit, and with a 256 MiB one (ENGINE_GATEWAY_MEMORY_LIMIT, as a container's would be), where
+# the flight recorder runs and holds its timeline.
 # VmRSS is split into anonymous pages (heap, stacks, allocator) and file-backed pages (the
 # binary's code and libc), as /proc/PID/status reports them.
 #
@@ -24,12 +26,17 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 # Prints "VmRSS RssAnon RssFile" in KiB.
 rss() { awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2} END {print ""}' "/proc/$1/status"; }
 
+variants=()
+for build in "${!bins[@]}"; do variants+=("$build" "$build+limit"); done
 for round in $(seq "$rounds"); do
-    for variant in "${!bins[@]}"; do
+    for variant in "${variants[@]}"; do
         port=$((20000 + RANDOM % 20000))
         url=http://127.0.0.1:$port
         data=$work/$variant-$round
-        "${bins[$variant]}" serve --listen 127.0.0.1:$port --data-dir "$data" 2>"$data.log" &
+        limit=()
+        [[ $variant == *+limit ]] && limit=(env ENGINE_GATEWAY_MEMORY_LIMIT=$((256 << 20)))
+        "${limit[@]}" "${bins[${variant%+limit}]}" serve --listen 127.0.0.1:$port \
+            --data-dir "$data" 2>"$data.log" &
         gateway=$!
         for _ in $(seq 1 100); do curl -sf "$url/healthz" >/dev/null && break; sleep 0.1; done
         curl -sf "$url/healthz" >/dev/null || { cat "$data.log"; echo "$variant did not start"; exit 1; }
@@ -71,11 +78,12 @@ print("|---|---|---:|---:|---:|")
 def cell(xs):
     xs = [x / 1024 for x in xs]
     return f"{statistics.median(xs):.1f} ({min(xs):.1f}–{max(xs):.1f})"
-for variant in ("current", "baseline"):
+for variant in ("current", "current+limit", "baseline", "baseline+limit"):
+    build = variant.replace("+limit", ", 256 MiB limit")
     for phase, label in (("fresh", "fresh"), ("after", "after traffic")):
         xs = data.get((variant, phase))
         if xs:
-            print(f"| {variant} | {label} | {cell([x[0] for x in xs])} | "
+            print(f"| {build} | {label} | {cell([x[0] for x in xs])} | "
                   f"{cell([x[1] for x in xs])} | {cell([x[2] for x in xs])} |")
 print(f"\nLink order: {found} of the {listed} functions in crates/gateway/hot-functions.txt are "
       "in the current binary" + ("; below ~90 %, run scripts/hot-functions.sh." if found < 0.9 * listed else "."))

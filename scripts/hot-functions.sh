@@ -25,7 +25,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
 url=http://127.0.0.1:$port
 
-valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/callgrind.out" \
+# With a memory limit, as in a container: the flight recorder runs (1 GiB: nothing triggers).
+ENGINE_GATEWAY_MEMORY_LIMIT=$((1 << 30)) \
+  valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/callgrind.out" \
   "$bin" serve --listen 127.0.0.1:$port --data-dir "$work/data" >"$work/log" 2>&1 &
 gateway=$!
 for _ in $(seq 1 240); do curl -sf "$url/healthz" >/dev/null && break; sleep 0.5; done

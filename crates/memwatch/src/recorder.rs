@@ -42,9 +42,14 @@ pub struct RecorderConfig {
     pub soft_limit: Option<SoftLimitConfig>,
     /// Sampling period of the timeline and of the cgroup usage (default 1 ms).
     pub resolution: Duration,
-    /// Length of the timeline kept in memory (default 120 s; 16 bytes per sample, so
-    /// 1.9 MiB at 1 ms).
+    /// Length of the timeline kept in memory (default 300 s).
     pub timeline: Duration,
+    /// The newest part of the timeline (at most all of it), kept at `resolution` (default
+    /// 20 s: 16 bytes per sample, 0.3 MiB at 1 ms).
+    pub fine_timeline: Duration,
+    /// The period of the older part: one entry, the maximum of each figure, per period
+    /// (default 100 ms). A spike older than `fine_timeline` keeps its height.
+    pub coarse_resolution: Duration,
     /// Which figure the ladder and the soft limit compare with the limit.
     pub measure: Measure,
 }
@@ -102,7 +107,9 @@ impl RecorderConfig {
                 low: 0.70,
             }),
             resolution: Duration::from_millis(1),
-            timeline: Duration::from_secs(120),
+            timeline: Duration::from_secs(300),
+            fine_timeline: Duration::from_secs(20),
+            coarse_resolution: Duration::from_millis(100),
             measure: Measure::Allocated,
         }
     }
@@ -132,7 +139,11 @@ impl RecorderConfig {
         {
             return invalid("resolution must be between 100 µs and 1 s");
         }
-        if self.timeline_samples() > 10_000_000 {
+        if self.coarse_resolution < self.resolution {
+            return invalid("the coarse resolution must not be finer than the resolution");
+        }
+        let (fine, coarse, _) = self.timeline_samples();
+        if fine.saturating_add(coarse) > 10_000_000 {
             return invalid("timeline longer than 10 million samples");
         }
         if self.max_captures == 0 {
@@ -141,9 +152,19 @@ impl RecorderConfig {
         Ok(())
     }
 
-    pub(crate) fn timeline_samples(&self) -> usize {
-        let n = self.timeline.as_nanos() / self.resolution.as_nanos().max(1);
-        usize::try_from(n).unwrap_or(usize::MAX).max(1)
+    /// The timeline's fine samples, coarse entries, and fine samples per coarse entry.
+    pub(crate) fn timeline_samples(&self) -> (usize, usize, usize) {
+        let count = |span: Duration, period: Duration| {
+            usize::try_from(span.as_nanos() / period.as_nanos().max(1)).unwrap_or(usize::MAX)
+        };
+        let fine_span = self.fine_timeline.min(self.timeline);
+        let fine = count(fine_span, self.resolution).max(1);
+        let coarse = count(
+            self.timeline.saturating_sub(fine_span),
+            self.coarse_resolution,
+        );
+        let fold = count(self.coarse_resolution, self.resolution).max(1);
+        (fine, coarse, fold)
     }
 }
 

@@ -99,9 +99,10 @@ pub(crate) fn spawn(
         cgroup_peak: AtomicU64::new(0),
         status: Mutex::new(RecorderStatus::new(&config.capture_dir, limit, source)),
     });
+    let (fine, coarse, fold) = config.timeline_samples();
     let mut state = State {
         shared: Arc::clone(&shared),
-        ring: Ring::new(config.timeline_samples(), resolution_ns),
+        ring: Ring::new(fine, coarse, fold, resolution_ns),
         window: WindowMin::new(u64::try_from(window_us).unwrap_or(1_000_000)),
         ladder,
         soft,

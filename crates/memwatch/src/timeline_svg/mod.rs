@@ -191,9 +191,9 @@ impl Chart {
             .map_or(0.0, |s| -relative_secs(timeline, s));
         let _ = writeln!(
             svg,
-            r##"<text x="{LEFT}" y="44" fill="#444">memory of the process over the last {span:.1} s before the capture ({} samples, one every {})</text>"##,
+            r##"<text x="{LEFT}" y="44" fill="#444">memory of the process over the last {span:.1} s before the capture ({} samples, {})</text>"##,
             timeline.samples.len(),
-            duration_label(timeline.resolution.as_secs_f64()),
+            escape(&timeline.spacing()),
         );
         let mut x = LEFT;
         let mut item = |svg: &mut String, color: &str, dash: &str, label: &str| {

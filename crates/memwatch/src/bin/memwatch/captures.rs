@@ -140,8 +140,8 @@ pub(crate) fn summary(
             .map_or(0.0, |s| (t.captured_at.saturating_sub(s.at)).as_secs_f64());
         write!(
             out,
-            "timeline   {span:.1} s before the capture, one sample every {} ({} samples)",
-            duration(t.resolution),
+            "timeline   {span:.1} s before the capture, one sample {} ({} samples)",
+            t.spacing(),
             t.samples.len()
         )?;
         if let Some(peak) = t.samples.iter().max_by_key(|s| s.allocated_bytes) {
