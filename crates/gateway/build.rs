@@ -23,7 +23,9 @@ fn main() {
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     let lld_target = env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu");
     let off = env::var_os("ENGINE_GATEWAY_NO_FUNCTION_ORDER").is_some_and(|v| v != "0");
-    if !release || !lld_target || off {
+    // A linker chosen through RUSTFLAGS (`-C linker=`, `-C linker-features=-lld`) may not be lld.
+    let other_linker = env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("linker"));
+    if !release || !lld_target || off || other_linker {
         return;
     }
     if native_glibc_at_least(2, 36) {
