@@ -148,12 +148,21 @@ impl Profile {
     }
 }
 
+/// Source files of allocator plumbing. DWARF names an inlined function without its path
+/// (`alloc`, `reserve<...>`), so for inlined frames the file tells.
+const ALLOCATOR_FILES: &[&str] = &[
+    "/library/alloc/src/",
+    "/tikv-jemallocator-",
+    "/tikv-jemalloc-sys-",
+    "/memwatch/src/alloc.rs",
+];
+
 fn is_internal_frame(frame: &Frame) -> bool {
     is_allocator(&frame.function)
         || frame
             .file
             .as_deref()
-            .is_some_and(|f| f.contains("/library/alloc/src/"))
+            .is_some_and(|f| ALLOCATOR_FILES.iter().any(|p| f.contains(p)))
 }
 
 /// Whether `function` is part of the allocator (see `ALLOCATOR_PREFIXES`).
@@ -225,6 +234,20 @@ mod tests {
                 address: 0,
                 mapping: None,
                 frames: vec![
+                    Frame {
+                        function: "alloc".into(),
+                        file: Some(
+                            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/\
+                             tikv-jemallocator-0.6.1/src/lib.rs"
+                                .into(),
+                        ),
+                        line: 99,
+                    },
+                    Frame {
+                        function: "alloc".into(),
+                        file: Some("/work/main/crates/memwatch/src/alloc.rs".into()),
+                        line: 120,
+                    },
                     Frame {
                         function: "reserve<alloc::alloc::Global>".into(),
                         file: Some("/rustc/abc/library/alloc/src/raw_vec/mod.rs".into()),
