@@ -176,9 +176,12 @@ pub struct TokenRevokeArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Gateway base URL, e.g. http://127.0.0.1:8080.
+    /// Gateway base URL, e.g. http://127.0.0.1:8080 or https://gw.example.com.
     #[arg(long, env = "ENGINE_GATEWAY_URL")]
     pub url: String,
+    /// For https:// URLs: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, env = "ENGINE_GATEWAY_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
     /// Bearer token.
     #[arg(long, env = "ENGINE_GATEWAY_TOKEN", hide_env_values = true)]
     pub token: String,

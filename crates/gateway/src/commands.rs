@@ -158,6 +158,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         Input::File(args.input)
     };
     let mut options = PushOptions::new(url, args.client.token, stream, input);
+    options.ca_cert = args.client.ca_cert;
     options.seal = args.seal;
     options.request_bytes = args.request_bytes;
     options.progress = true;
@@ -171,6 +172,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
 pub async fn cat(args: CatArgs) -> anyhow::Result<ExitCode> {
     let (url, stream) = target(&args.client)?;
     let mut options = CatOptions::new(url, args.client.token, stream);
+    options.ca_cert = args.client.ca_cert;
     options.offset = args.offset;
     options.follow = args.follow;
     let mut stdout = tokio::io::stdout();

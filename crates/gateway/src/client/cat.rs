@@ -8,6 +8,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::error::{ClientError, Failure, Transient};
 use super::http::{ReqBody, Session, built, error_response, header_u64};
 use super::retry::Retrier;
+use super::tls::Connector;
 use super::{CatOptions, CatReport};
 
 /// Reads `opts.stream` from `opts.offset` into `out`. A reader closing `out` (BrokenPipe) is a
@@ -17,7 +18,8 @@ pub async fn cat(
     mut out: impl AsyncWrite + Unpin,
 ) -> Result<CatReport, ClientError> {
     let follow = opts.follow;
-    let mut session = Session::new(opts.url, opts.token, opts.stream, opts.timeouts);
+    let connector = Connector::new(&opts.url, opts.ca_cert.as_deref())?;
+    let mut session = Session::new(opts.url, connector, opts.token, opts.stream, opts.timeouts);
     let mut retry = Retrier::new(opts.retry);
     let mut report = CatReport {
         start_offset: opts.offset,

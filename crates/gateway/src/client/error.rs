@@ -16,6 +16,10 @@ pub enum ClientError {
     #[error("invalid options: {0}")]
     Usage(String),
 
+    /// The CA certificates could not be loaded, or the server's certificate is not trusted.
+    #[error("TLS: {0}")]
+    Tls(String),
+
     #[error("not authorized (HTTP {status}): {message}")]
     Auth {
         status: u16,
@@ -78,10 +82,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Suggested process exit code: 2 for usage and authorization problems, 1 for the rest.
+    /// Suggested process exit code: 2 for usage, trust and authorization problems, 1 for the
+    /// rest.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::Url { .. } | ClientError::Usage(_) | ClientError::Auth { .. } => 2,
+            ClientError::Url { .. }
+            | ClientError::Usage(_)
+            | ClientError::Auth { .. }
+            | ClientError::Tls(_) => 2,
             _ => 1,
         }
     }

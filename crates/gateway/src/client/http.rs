@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::Timeouts;
 use super::error::{ClientError, Failure, Transient};
+use super::tls::{Connector, Stream};
 use super::url::BaseUrl;
 use crate::stream_id::StreamId;
 
@@ -68,7 +69,11 @@ impl Drop for Conn {
 }
 
 impl Conn {
-    pub(crate) async fn connect(url: &BaseUrl, timeouts: &Timeouts) -> Result<Conn, Failure> {
+    pub(crate) async fn connect(
+        url: &BaseUrl,
+        connector: &Connector,
+        timeouts: &Timeouts,
+    ) -> Result<Conn, Failure> {
         let what = || format!("connect to {}", url.authority);
         let tcp = match tokio::time::timeout(
             timeouts.connect,
@@ -82,15 +87,34 @@ impl Conn {
         };
         // small frames (log lines) should leave at once
         let _ = tcp.set_nodelay(true);
+        let stream = match tokio::time::timeout(timeouts.io, connector.wrap(tcp, &what())).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Transient::new(format!("{}: TLS handshake timed out", what())).into());
+            }
+        };
+        match stream {
+            Stream::Plain(tcp) => Self::handshake(TokioIo::new(tcp), &what(), timeouts).await,
+            Stream::Tls(tls) => Self::handshake(TokioIo::new(tls), &what(), timeouts).await,
+        }
+    }
+
+    /// HTTP/1.1 over `io`, its connection driven by a task of its own.
+    async fn handshake<T>(io: T, what: &str, timeouts: &Timeouts) -> Result<Conn, Failure>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+    {
         let (sender, conn) = match tokio::time::timeout(
             timeouts.io,
-            hyper::client::conn::http1::handshake(TokioIo::new(tcp)),
+            hyper::client::conn::http1::handshake(io),
         )
         .await
         {
             Ok(Ok(pair)) => pair,
-            Ok(Err(err)) => return Err(Transient::caused(&what(), &err).into()),
-            Err(_) => return Err(Transient::new(format!("{}: handshake timed out", what())).into()),
+            Ok(Err(err)) => return Err(Transient::caused(what, &err).into()),
+            Err(_) => {
+                return Err(Transient::new(format!("{what}: handshake timed out")).into());
+            }
         };
         let task = tokio::spawn(async move {
             // the error, if any, also reaches the pending request, which reports it
@@ -140,12 +164,20 @@ pub(crate) struct Session {
     /// `{base}/v1/streams/{id}`, computed once.
     pub path: String,
     pub timeouts: Timeouts,
+    /// Plain TCP or TLS, as the URL says.
+    pub connector: Connector,
     /// The idle keep-alive connection, if any; taken for a request, put back after success.
     pub conn: Option<Conn>,
 }
 
 impl Session {
-    pub(crate) fn new(url: BaseUrl, token: String, stream: StreamId, timeouts: Timeouts) -> Self {
+    pub(crate) fn new(
+        url: BaseUrl,
+        connector: Connector,
+        token: String,
+        stream: StreamId,
+        timeouts: Timeouts,
+    ) -> Self {
         let path = url.stream_path(&stream);
         Session {
             url,
@@ -153,6 +185,7 @@ impl Session {
             stream,
             path,
             timeouts,
+            connector,
             conn: None,
         }
     }
@@ -164,7 +197,7 @@ impl Session {
         {
             return Ok(conn);
         }
-        Conn::connect(&self.url, &self.timeouts).await
+        Conn::connect(&self.url, &self.connector, &self.timeouts).await
     }
 
     /// A request on this stream, `query` appended to its path ("" or "?offset=…").
@@ -223,7 +256,7 @@ impl Session {
                 message: default_message(status),
             })
         };
-        let Ok(mut conn) = Conn::connect(&self.url, &self.timeouts).await else {
+        let Ok(mut conn) = Conn::connect(&self.url, &self.connector, &self.timeouts).await else {
             return fallback();
         };
         let Ok(req) = built(

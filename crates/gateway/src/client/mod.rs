@@ -14,6 +14,7 @@ mod progress;
 mod push;
 mod retry;
 mod source;
+mod tls;
 mod url;
 
 use std::fmt;
@@ -94,6 +95,8 @@ pub struct PushOptions {
     pub timeouts: Timeouts,
     /// Report progress on stderr: a redrawn line on a terminal, and a final summary line.
     pub progress: bool,
+    /// For `https://`: trust the CA certificates in this PEM file instead of the system's.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl PushOptions {
@@ -109,6 +112,7 @@ impl PushOptions {
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
             progress: false,
+            ca_cert: None,
         }
     }
 }
@@ -126,6 +130,7 @@ impl fmt::Debug for PushOptions {
             .field("retry", &self.retry)
             .field("timeouts", &self.timeouts)
             .field("progress", &self.progress)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -159,6 +164,8 @@ pub struct CatOptions {
     pub follow: bool,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
+    /// For `https://`: trust the CA certificates in this PEM file instead of the system's.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl CatOptions {
@@ -171,6 +178,7 @@ impl CatOptions {
             follow: false,
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
+            ca_cert: None,
         }
     }
 }
@@ -185,6 +193,7 @@ impl fmt::Debug for CatOptions {
             .field("follow", &self.follow)
             .field("retry", &self.retry)
             .field("timeouts", &self.timeouts)
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }

@@ -17,6 +17,7 @@ use super::http::{ReqBody, Session, built, error_response, header_sealed, header
 use super::progress::Progress;
 use super::retry::Retrier;
 use super::source::Source;
+use super::tls::Connector;
 use super::{PushOptions, PushReport};
 
 /// Body frames queued between the reader and hyper; with frames of at most `frame_bytes`, the
@@ -30,9 +31,10 @@ pub async fn push(opts: PushOptions) -> Result<PushReport, ClientError> {
             "request size and frame size must be at least 1 byte".into(),
         ));
     }
+    let connector = Connector::new(&opts.url, opts.ca_cert.as_deref())?;
     let mut src = Source::open(opts.input, opts.frame_bytes).await?;
     let mut pusher = Pusher {
-        session: Session::new(opts.url, opts.token, opts.stream, opts.timeouts),
+        session: Session::new(opts.url, connector, opts.token, opts.stream, opts.timeouts),
         retry: Retrier::new(opts.retry),
         progress: Progress::new(opts.progress),
         request_bytes: opts.request_bytes,

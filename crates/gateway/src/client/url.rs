@@ -1,4 +1,4 @@
-//! The server's base URL: `http://host[:port][/base]` only; TLS is left to a proxy or sidecar.
+//! The server's base URL: `http[s]://host[:port][/base]`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,10 +6,12 @@ use std::str::FromStr;
 use super::error::ClientError;
 use crate::stream_id::StreamId;
 
-/// The server's address: `http://host[:port][/base]`. Parsed with [`FromStr`] so a CLI can
+/// The server's address: `http[s]://host[:port][/base]`. Parsed with [`FromStr`] so a CLI can
 /// validate it up front.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseUrl {
+    /// `https`: the connection is TLS, the server's certificate checked for `host`.
+    pub(crate) tls: bool,
     /// Host as given to the resolver (IPv6 without brackets).
     pub(crate) host: String,
     pub(crate) port: u16,
@@ -29,7 +31,8 @@ impl BaseUrl {
 
 impl fmt::Display for BaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.base)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.base)
     }
 }
 
@@ -42,20 +45,16 @@ impl FromStr for BaseUrl {
             reason: reason.to_owned(),
         };
         let lower = url.to_ascii_lowercase();
-        if lower.starts_with("https://") {
-            return Err(bad(
-                "https is not supported: terminate TLS in a proxy or sidecar and give its http:// address",
-            ));
-        }
-        let Some(rest) = lower
-            .starts_with("http://")
-            .then(|| &url["http://".len()..])
-        else {
-            return Err(bad("expected http://host[:port][/base]"));
+        let (tls, rest) = if lower.starts_with("https://") {
+            (true, &url["https://".len()..])
+        } else if lower.starts_with("http://") {
+            (false, &url["http://".len()..])
+        } else {
+            return Err(bad("expected http[s]://host[:port][/base]"));
         };
         if rest.contains(['?', '#', '@']) || rest.chars().any(|c| c.is_whitespace()) {
             return Err(bad(
-                "query, fragment, user info and spaces are not allowed; expected http://host[:port][/base]",
+                "query, fragment, user info and spaces are not allowed; expected http[s]://host[:port][/base]",
             ));
         }
         let (authority, base) = match rest.find('/') {
@@ -84,6 +83,7 @@ impl FromStr for BaseUrl {
             return Err(bad("missing or invalid host"));
         }
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => match p.parse::<u16>() {
                 Ok(p) if p != 0 => p,
@@ -96,6 +96,7 @@ impl FromStr for BaseUrl {
             format!("{host}:{port}")
         };
         Ok(BaseUrl {
+            tls,
             host: host.to_owned(),
             port,
             authority,
@@ -142,9 +143,16 @@ mod tests {
             "http://[::1]:9000/x",
             Ok(("http://[::1]:9000/x", "/x/v1/streams/a/b/c")),
         );
-        check("https://h:1", Err("https is not supported"));
-        check("ftp://h", Err("expected http://"));
-        check("localhost:8080", Err("expected http://"));
+        check(
+            "https://gw.example/base",
+            Ok(("https://gw.example:443/base", "/base/v1/streams/a/b/c")),
+        );
+        check(
+            "HTTPS://10.0.0.1:8443",
+            Ok(("https://10.0.0.1:8443", "/v1/streams/a/b/c")),
+        );
+        check("ftp://h", Err("expected http[s]://"));
+        check("localhost:8080", Err("expected http[s]://"));
         check("http://", Err("invalid host"));
         check("http://h:99999", Err("invalid port"));
         check("http://h:0", Err("invalid port"));
