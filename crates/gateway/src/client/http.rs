@@ -74,7 +74,7 @@ impl Conn {
         connector: &Connector,
         timeouts: &Timeouts,
     ) -> Result<Conn, Failure> {
-        let what = || format!("connect to {}", url.authority);
+        let what = format!("connect to {}", url.authority);
         let tcp = match tokio::time::timeout(
             timeouts.connect,
             TcpStream::connect((url.host.as_str(), url.port)),
@@ -82,20 +82,18 @@ impl Conn {
         .await
         {
             Ok(Ok(tcp)) => tcp,
-            Ok(Err(err)) => return Err(Transient::caused(&what(), &err).into()),
-            Err(_) => return Err(Transient::new(format!("{}: timed out", what())).into()),
+            Ok(Err(err)) => return Err(Transient::caused(&what, &err).into()),
+            Err(_) => return Err(Transient::new(format!("{what}: timed out")).into()),
         };
         // small frames (log lines) should leave at once
         let _ = tcp.set_nodelay(true);
-        let stream = match tokio::time::timeout(timeouts.io, connector.wrap(tcp, &what())).await {
+        let stream = match tokio::time::timeout(timeouts.io, connector.wrap(tcp, &what)).await {
             Ok(result) => result?,
-            Err(_) => {
-                return Err(Transient::new(format!("{}: TLS handshake timed out", what())).into());
-            }
+            Err(_) => return Err(Transient::new(format!("{what}: TLS handshake timed out")).into()),
         };
         match stream {
-            Stream::Plain(tcp) => Self::handshake(TokioIo::new(tcp), &what(), timeouts).await,
-            Stream::Tls(tls) => Self::handshake(TokioIo::new(tls), &what(), timeouts).await,
+            Stream::Plain(tcp) => Self::handshake(TokioIo::new(tcp), &what, timeouts).await,
+            Stream::Tls(tls) => Self::handshake(TokioIo::new(tls), &what, timeouts).await,
         }
     }
 
