@@ -151,7 +151,10 @@ fn describe(r: &TokenRecord) -> String {
 
 /// `engine-gateway push`: resumable upload of a file or stdin.
 pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
-    let (url, stream) = target(&args.client)?;
+    let (url, stream) = match target(&args.client) {
+        Ok(target) => target,
+        Err(code) => return Ok(code),
+    };
     let input = if args.input.as_os_str() == "-" {
         Input::Stdin
     } else {
@@ -170,7 +173,10 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
 
 /// `engine-gateway cat`: a stream to stdout, following it when asked.
 pub async fn cat(args: CatArgs) -> anyhow::Result<ExitCode> {
-    let (url, stream) = target(&args.client)?;
+    let (url, stream) = match target(&args.client) {
+        Ok(target) => target,
+        Err(code) => return Ok(code),
+    };
     let mut options = CatOptions::new(url, args.client.token, stream);
     options.ca_cert = args.client.ca_cert;
     options.offset = args.offset;
@@ -184,15 +190,13 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn target(args: &ClientArgs) -> anyhow::Result<(BaseUrl, StreamId)> {
-    let url: BaseUrl = args
-        .url
-        .parse()
-        .with_context(|| format!("--url {:?}", args.url))?;
-    let stream: StreamId = args
-        .stream
-        .parse()
-        .with_context(|| format!("--stream {:?}", args.stream))?;
+/// The URL and stream of a client command; a bad one is a usage error (printed, exit 2).
+fn target(args: &ClientArgs) -> Result<(BaseUrl, StreamId), ExitCode> {
+    let url: BaseUrl = args.url.parse().map_err(|err| client_failure(&err))?;
+    let stream: StreamId = args.stream.parse().map_err(|err| {
+        eprintln!("error: --stream {:?}: {err}", args.stream);
+        ExitCode::from(2)
+    })?;
     Ok((url, stream))
 }
 

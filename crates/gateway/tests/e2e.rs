@@ -294,7 +294,7 @@ fn client_errors_are_clear_and_exit_non_zero() {
         .args([
             "push",
             "--url",
-            "https://x",
+            "ftp://x",
             "--token",
             "t",
             "--stream",
@@ -303,9 +303,9 @@ fn client_errors_are_clear_and_exit_non_zero() {
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("https"),
+        String::from_utf8_lossy(&out.stderr).contains("http[s]://"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
