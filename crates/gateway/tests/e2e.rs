@@ -292,14 +292,7 @@ fn client_errors_are_clear_and_exit_non_zero() {
     );
     let out = Command::new(BIN)
         .args([
-            "push",
-            "--url",
-            "ftp://x",
-            "--token",
-            "t",
-            "--stream",
-            "a/b/c",
-            "-",
+            "push", "--url", "ftp://x", "--token", "t", "--stream", "a/b/c", "-",
         ])
         .output()
         .unwrap();
