@@ -49,6 +49,11 @@ pub struct MemoryConfig {
     pub soft_limit_resume: f64,
     /// Captures kept on disk, oldest removed first.
     pub max_captures: usize,
+    /// Seconds of memory history a capture holds...
+    pub timeline_seconds: u64,
+    /// ...of which the newest are at 1 ms, the older ones 100 ms maxima (16 bytes per sample:
+    /// 20 s at 1 ms is 0.3 MiB of resident memory, 300 s would be 4.6 MiB).
+    pub timeline_fine_seconds: u64,
 }
 
 impl Default for MemoryConfig {
@@ -61,6 +66,8 @@ impl Default for MemoryConfig {
             soft_limit: 0.80,
             soft_limit_resume: 0.70,
             max_captures: 10,
+            timeline_seconds: 300,
+            timeline_fine_seconds: 20,
         }
     }
 }
@@ -215,6 +222,14 @@ impl Config {
         if m.limit_bytes == Some(0) {
             bail!("memory.limit_bytes must be positive");
         }
+        if !(1..=3600).contains(&m.timeline_seconds)
+            || !(1..=m.timeline_seconds.min(600)).contains(&m.timeline_fine_seconds)
+        {
+            bail!(
+                "memory.timeline_seconds must be 1 to 3600, memory.timeline_fine_seconds 1 to \
+                 600 and at most timeline_seconds (each fine second holds 16 KB)"
+            );
+        }
         for (name, d) in [
             ("header_timeout_secs", self.server.header_timeout),
             ("body_timeout_secs", self.handler.body_timeout),
@@ -278,6 +293,18 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("soft_limit_resume"), "{err:#}");
+
+        std::fs::write(
+            &file,
+            "[memory]\ntimeline_seconds = 60\ntimeline_fine_seconds = 90\n",
+        )
+        .unwrap();
+        let err = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("timeline_fine_seconds"), "{err:#}");
 
         std::fs::write(&file, "[limits]\nmax_conections = 7\n").unwrap();
         let err = Config::load(Overrides {

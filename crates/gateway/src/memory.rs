@@ -2,6 +2,7 @@
 //! the soft limit that turns memory pressure into 503s instead of an OOM kill.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -42,6 +43,8 @@ impl MemoryWatch {
         rc.limit_bytes = config.limit_bytes;
         rc.ladder = config.ladder.clone();
         rc.max_captures = config.max_captures;
+        rc.timeline = Duration::from_secs(config.timeline_seconds);
+        rc.fine_timeline = Duration::from_secs(config.timeline_fine_seconds);
         rc.soft_limit = Some(memwatch::SoftLimitConfig {
             high: config.soft_limit,
             low: config.soft_limit_resume,
