@@ -13,7 +13,10 @@ duration=${DURATION:-10s}
 work=target/alloc-overhead
 mkdir -p "$work" && rm -f "$work"/*.json
 # Both variants come out of target/release (a second target dir would rebuild every dependency);
-# each binary is copied aside before the other is built.
+# each binary is copied aside before the other is built. Both without the link order of
+# crates/gateway/build.rs: the feature renames the crate's symbols, so only the shipped variant
+# would match it, and the comparison would measure the code layout too.
+export ENGINE_GATEWAY_NO_FUNCTION_ORDER=1
 if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
     cargo build --release -p engine-gateway -p loadgen --features engine-gateway/plain-jemalloc
     cp target/release/engine-gateway "$work/engine-gateway-plain"
