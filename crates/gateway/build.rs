@@ -14,6 +14,7 @@
 //! 1.90. ENGINE_GATEWAY_NO_FUNCTION_ORDER=1 turns both off, e.g. for another linker.
 
 use std::env;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 use std::ffi::{CStr, c_char};
 use std::path::PathBuf;
 
@@ -48,6 +49,7 @@ fn main() {
 
 /// Whether this build runs on the machine it builds for, with glibc `major.minor` or newer: the
 /// binary then needs that C library, which a native build links against anyway.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn native_glibc_at_least(major: u32, minor: u32) -> bool {
     unsafe extern "C" {
         fn gnu_get_libc_version() -> *const c_char;
@@ -63,4 +65,10 @@ fn native_glibc_at_least(major: u32, minor: u32) -> bool {
         (Some(a), Some(b)) => (a, b) >= (major, minor),
         _ => false,
     }
+}
+
+/// A host without glibc builds for another C library, or cross-compiles.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn native_glibc_at_least(_major: u32, _minor: u32) -> bool {
+    false
 }
