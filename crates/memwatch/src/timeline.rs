@@ -399,13 +399,11 @@ mod tests {
         read_timeline(&path).unwrap()
     }
 
-    #[test]
-    fn older_samples_fold_into_maxima_and_a_spike_keeps_its_height() {
-        // 1 ms samples: 10 fine, then 100 ms entries (100 samples each), 5 of them.
-        let mut ring = Ring::new(10, 5, 100, 1_000_000);
+    /// 1000 samples, one per ms: a 3 ms spike of 64 MiB at 250 ms, 1 MiB otherwise; the
+    /// cgroup unknown in the first 150 ms (a sample outside a cgroup must not hide a known
+    /// usage).
+    fn fill(ring: &mut Ring) {
         for ms in 0..1000u64 {
-            // A 3 ms spike of 64 MiB at 250 ms; 1 MiB otherwise. The cgroup is unknown in the
-            // first 150 ms (a sample outside a cgroup must not hide a known usage).
             let allocated = if (250..253).contains(&ms) {
                 64 << 20
             } else {
@@ -414,6 +412,13 @@ mod tests {
             let cgroup = (ms >= 150).then_some((2 << 20) + ms * 1024);
             ring.push(ms * 1000, allocated, cgroup);
         }
+    }
+
+    #[test]
+    fn older_samples_fold_into_maxima_and_a_spike_keeps_its_height() {
+        // 1 ms samples: 10 fine, then 100 ms entries (100 samples each), 5 of them.
+        let mut ring = Ring::new(10, 5, 100, 1_000_000);
+        fill(&mut ring);
         let t = write(&ring);
         assert_eq!(t.coarse_resolution, Some(Duration::from_millis(100)));
         assert_eq!(t.coarse_samples, 4);
@@ -428,16 +433,9 @@ mod tests {
         assert_eq!(at_ms[4..], (990..1000).collect::<Vec<_>>());
         assert_eq!(t.samples.len(), ring.len());
 
+        // A coarse tier long enough to hold the spike.
         let mut early = Ring::new(10, 50, 100, 1_000_000);
-        for ms in 0..1000u64 {
-            let allocated = if (250..253).contains(&ms) {
-                64 << 20
-            } else {
-                1 << 20
-            };
-            let cgroup = (ms >= 150).then_some((2 << 20) + ms * 1024);
-            early.push(ms * 1000, allocated, cgroup);
-        }
+        fill(&mut early);
         let t = write(&early);
         let entry = |ms: u64| {
             *t.samples
