@@ -24,18 +24,12 @@ if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
     cargo build --release -p engine-gateway -p loadgen
     cp target/release/engine-gateway "$work/engine-gateway-counted"
 fi
-for round in $(seq "$rounds"); do
-    # Which variant goes first alternates (ABBA): the second run of a round meets the disk and
-    # page cache the first left behind.
-    order=(counted plain)
-    (( round % 2 == 0 )) && order=(plain counted)
-    for variant in "${order[@]}"; do
-        bin=$work/engine-gateway-$variant
-        echo "round $round: $variant" >&2
-        target/release/gateway-bench ingest --gateway-bin "$bin" --streams 64 --chunk 64KiB \
-            --duration "$duration" --raw-batch 0 --out "$work/$variant-$round.json" >/dev/null
-    done
-done
+run() {
+    target/release/gateway-bench ingest --gateway-bin "$work/engine-gateway-$1" --streams 64 \
+        --chunk 64KiB --duration "$duration" --raw-batch 0 --out "$work/$1-$2.json" >/dev/null
+}
+. bench/ab_rounds.sh
+ab_rounds "$rounds" counted plain run
 python3 - "$work" "$rounds" "$duration" >bench/results/alloc_overhead.md <<'PY'
 import json, statistics, sys, os
 work, rounds, duration = sys.argv[1], int(sys.argv[2]), sys.argv[3]

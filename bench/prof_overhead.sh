@@ -2,7 +2,8 @@
 # Cost of always-on heap profiling on ingest: gateway-bench ingest (64 streams, 64 KiB chunks)
 # against the release gateway as shipped (jemalloc prof:true, lg_prof_sample:19 via the
 # malloc_conf symbol) and with MALLOC_CONF=prof:false (the environment overrides the symbol),
-# alternated in one run, ROUNDS rounds each; medians.
+# alternated in one run, the first of each round alternating too (bench/ab_rounds.sh), ROUNDS
+# rounds each; medians.
 #
 # The counting allocator (memwatch::Allocator) has no runtime switch, so its own cost cannot
 # be measured this way (see bench/README.md).
@@ -20,15 +21,14 @@ rm -rf "$work" && mkdir -p "$work"
 if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
     cargo build --release -p engine-gateway -p loadgen
 fi
-for round in $(seq "$rounds"); do
-    for variant in prof-on prof-off; do
-        env_args=()
-        [[ $variant == prof-off ]] && env_args=(--gateway-env MALLOC_CONF=prof:false)
-        echo "round $round: $variant" >&2
-        target/release/gateway-bench ingest --streams 64 --chunk 64KiB --duration "$duration" \
-            --raw-batch 0 "${env_args[@]}" --out "$work/$variant-$round.json" >/dev/null
-    done
-done
+run() {
+    local env_args=()
+    [[ $1 == prof-off ]] && env_args=(--gateway-env MALLOC_CONF=prof:false)
+    target/release/gateway-bench ingest --streams 64 --chunk 64KiB --duration "$duration" \
+        --raw-batch 0 "${env_args[@]}" --out "$work/$1-$2.json" >/dev/null
+}
+. bench/ab_rounds.sh
+ab_rounds "$rounds" prof-on prof-off run
 fi
 python3 - "$work" "$rounds" "$duration" >bench/results/prof_overhead.md <<'PY'
 import json, statistics, sys, glob, os
@@ -49,7 +49,8 @@ print(f"Measured by `bench/prof_overhead.sh` on {machine['date']}, {machine['npr
       f"({machine['cpu_model']}), kernel {machine['kernel']}, commit {machine['git_commit']}; "
       "shared with other builds (noisy).")
 print(f"`gateway-bench ingest --streams 64 --chunk 64KiB --duration {duration}` against the release "
-      f"gateway, {rounds} rounds, the two variants alternated within each round; medians.\n")
+      f"gateway, {rounds} rounds, the two variants alternated within each round, which goes first "
+      "alternating between rounds; medians.\n")
 cpu = {v: statistics.median(x[7] for x in runs[v]) for v in runs}
 paired = statistics.median(on[1] / off[1] for on, off in zip(runs["prof-on"], runs["prof-off"]))
 paired_cpu = statistics.median(on[7] / off[7] for on, off in zip(runs["prof-on"], runs["prof-off"]))
