@@ -55,7 +55,7 @@ impl MemoryWatch {
                 tracing::info!(
                     capture_dir = %dir.display(),
                     limit_bytes = status.limit_bytes,
-                    limit_source = status.limit_source,
+                    limit_source = status.limit_source.as_str(),
                     "flight recorder armed"
                 );
                 MemoryWatch {
@@ -107,7 +107,7 @@ impl MemoryWatch {
                 json!({
                     "capture_dir": s.capture_dir.display().to_string(),
                     "limit_bytes": s.limit_bytes,
-                    "limit_source": s.limit_source,
+                    "limit_source": s.limit_source.as_str(),
                     "armed_bytes": s.armed_bytes,
                     "triggers_total": s.triggers_total,
                     "captures_total": s.captures_total,

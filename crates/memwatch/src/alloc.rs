@@ -254,7 +254,7 @@ fn fold(delta: i64) {
     if delta > 0 {
         PEAK.fetch_max(now, Ordering::Relaxed);
         // The flight recorder's armed threshold: one relaxed load unless crossed.
-        crate::wake::check(now);
+        crate::recorder::wake::check(now);
     }
     if !INSTALLED.load(Ordering::Relaxed) {
         INSTALLED.store(true, Ordering::Relaxed);

@@ -28,19 +28,12 @@
 
 mod alloc;
 mod backtrace;
-mod capture;
 mod cgroup;
 mod elf;
-mod ladder;
-mod meta;
-mod postmortem;
 pub mod profile;
 mod recorder;
-mod recorder_thread;
 mod snapshot;
-mod timeline;
 mod timeline_svg;
-mod wake;
 
 use std::path::PathBuf;
 
@@ -51,18 +44,15 @@ pub use alloc::{
 pub use backtrace::{BacktracePolicy, PolicyAction, apply_backtrace_policy};
 pub use cgroup::{CgroupMemory, CgroupVersion, cgroup_memory, cgroup_memory_at, memory_limit};
 pub use elf::{DebugSection, SymbolizationCost, debug_sections};
-pub use ladder::Trigger;
-pub use meta::CaptureInfo;
-pub use postmortem::{Postmortem, captures, postmortem, postmortem_with};
 pub use recorder::{
-    Growth, LastCapture, Measure, Recorder, RecorderConfig, RecorderError, RecorderStatus,
-    SoftLimitConfig,
+    CaptureInfo, Growth, LastCapture, LimitSource, Measure, Postmortem, Recorder, RecorderConfig,
+    RecorderError, RecorderStatus, SoftLimitConfig, Timeline, TimelineSample, Trigger, captures,
+    postmortem, postmortem_with, read_timeline,
 };
 pub use snapshot::{
     CounterStats, JemallocStats, MemorySnapshot, ProcessMemory, jemalloc_stats, peek_snapshot,
     process_memory, process_memory_at, snapshot, write_prometheus,
 };
-pub use timeline::{Timeline, TimelineSample, read_timeline};
 pub use timeline_svg::{timeline_svg, utc_timestamp};
 
 /// Errors of memwatch's fallible operations. Reading figures for a snapshot never fails as a

@@ -30,6 +30,7 @@ fn config(dir: &std::path::Path, limit: u64, ladder: &[f64]) -> RecorderConfig {
     config.growth = None;
     config.soft_limit = None;
     config.timeline = Duration::from_secs(10);
+    config.fine_timeline = Duration::from_secs(10);
     config
 }
 

@@ -106,6 +106,7 @@ fn report_explains_a_real_capture_and_rejects_bad_input() {
     config.soft_limit = None;
     config.cooldown = Duration::ZERO;
     config.timeline = Duration::from_secs(5);
+    config.fine_timeline = Duration::from_secs(5);
     let recorder = Recorder::start(config).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let warm = warmup_burst(20);

@@ -12,8 +12,7 @@ mod format;
 
 use std::fmt::Write as _;
 
-use crate::meta::CaptureInfo;
-use crate::timeline::{Timeline, TimelineSample};
+use crate::recorder::{CaptureInfo, Timeline, TimelineSample};
 
 pub use format::utc_timestamp;
 use format::{byte_unit, bytes_label, duration_label, escape, nice_step, number};

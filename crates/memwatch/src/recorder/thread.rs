@@ -13,18 +13,34 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::capture::{Capturer, Moment};
+use super::capture::{Capturer, Moment};
+use super::config::{LimitSource, Measure, RecorderConfig};
+use super::error::RecorderError;
+use super::ladder::{Ladder, SoftChange, SoftLimit, Trigger, WindowMin, share_of};
+use super::postmortem::prune;
+use super::status::{LastCapture, RecorderStatus};
+use super::timeline::Ring;
+use super::wake;
 use crate::cgroup::{CgroupVersion, cgroup_memory};
-use crate::ladder::{Ladder, SoftChange, SoftLimit, Trigger, WindowMin, share_of};
-use crate::postmortem::prune;
-use crate::recorder::{
-    LastCapture, Measure, RecorderConfig, RecorderError, RecorderStatus, Shared,
-};
-use crate::timeline::Ring;
-use crate::wake;
 
 /// While over the soft limit, ask jemalloc to purge at most this often.
 const PURGE_EVERY_NS: u64 = 1_000_000_000;
+
+/// State shared between the handle and the recorder thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) stop: AtomicBool,
+    pub(crate) capture_requested: AtomicBool,
+    /// Read per request by the service: one relaxed load.
+    pub(crate) over_soft_limit: AtomicBool,
+    pub(crate) samples_total: AtomicU64,
+    pub(crate) purges_total: AtomicU64,
+    pub(crate) soft_limit_entries_total: AtomicU64,
+    /// Highest cgroup usage sampled (every tick) since the last [`Recorder::take_cgroup_peak`].
+    pub(crate) cgroup_peak: AtomicU64,
+    /// Updated after each capture only, never in the sampling loop.
+    pub(crate) status: Mutex<RecorderStatus>,
+}
 
 /// Sets everything up on the calling thread, then starts the recorder thread.
 pub(crate) fn spawn(
@@ -32,12 +48,8 @@ pub(crate) fn spawn(
 ) -> Result<(Arc<Shared>, JoinHandle<()>), RecorderError> {
     let cgroup = cgroup_memory().ok();
     let cgroup_limit = cgroup.as_ref().and_then(|c| c.limit_bytes);
-    let (limit, source) = match (config.limit_bytes, cgroup_limit) {
-        (Some(c), Some(g)) if g < c => (g, "config capped by cgroup"),
-        (Some(c), _) => (c, "config"),
-        (None, Some(g)) => (g, "cgroup"),
-        (None, None) => return Err(RecorderError::NoLimit),
-    };
+    let (limit, source) =
+        LimitSource::resolve(config.limit_bytes, cgroup_limit).ok_or(RecorderError::NoLimit)?;
     if config.measure != Measure::CgroupUsage && crate::allocated_bytes().is_none() {
         return Err(RecorderError::AllocatorNotInstalled);
     }
@@ -48,10 +60,7 @@ pub(crate) fn spawn(
         };
         File::open(c.path.join(name)).ok()
     });
-    let io_err = |source| RecorderError::Io {
-        path: config.capture_dir.clone(),
-        source,
-    };
+    let io_err = |source| RecorderError::io(&config.capture_dir, source);
     wake::wake_fd().map_err(|errno| io_err(std::io::Error::from_raw_os_error(errno)))?;
     prune(
         &config.capture_dir,
@@ -60,18 +69,13 @@ pub(crate) fn spawn(
     );
     let mut ladder_bytes: Vec<u64> = config.ladder.iter().map(|&s| share_of(limit, s)).collect();
     ladder_bytes.sort_unstable();
-    let measure = match config.measure {
-        Measure::Allocated => "allocated",
-        Measure::CgroupUsage => "cgroup-usage",
-        Measure::Max => "max",
-    };
     let capturer = Capturer::new(
         &config.capture_dir,
         cgroup_limit,
         limit,
         source,
         ladder_bytes,
-        measure,
+        config.measure,
     )
     .map_err(io_err)?;
     let resolution_ns = u64::try_from(config.resolution.as_nanos()).unwrap_or(1_000_000);

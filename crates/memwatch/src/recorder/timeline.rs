@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::recorder::RecorderError;
+use super::error::RecorderError;
 
 /// One point of the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,35 +8,18 @@
 //! (`capture-<unix ms>-<seq>`) once everything in it is durable, so a `kill -9` or an OOM kill
 //! mid-capture leaves a `.tmp-…` directory, never a half-written capture that looks complete.
 
-use std::fmt;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::ladder::Trigger;
-use crate::meta::{HeapOutcome, MetaRecord};
-use crate::timeline::Ring;
-use crate::wake;
-
-/// Prefix of a capture still being written.
-pub(crate) const TMP_PREFIX: &str = ".tmp-";
-/// Prefix of a finished capture.
-pub(crate) const CAPTURE_PREFIX: &str = "capture-";
-
-/// A failed capture step, with the OS error number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CaptureFailure {
-    pub(crate) step: &'static str,
-    pub(crate) errno: i32,
-}
-
-impl fmt::Display for CaptureFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let err = std::io::Error::from_raw_os_error(self.errno);
-        write!(f, "{}: {err}", self.step)
-    }
-}
+use super::config::{LimitSource, Measure};
+use super::error::CaptureFailure;
+use super::files::{CAPTURE_PREFIX, HEAP, META, TIMELINE, TMP_PREFIX};
+use super::ladder::Trigger;
+use super::meta::{HeapOutcome, MetaRecord};
+use super::timeline::Ring;
+use super::wake;
 
 /// Figures measured at the trigger, recorded in `meta.txt`.
 #[derive(Debug, Clone, Copy)]
@@ -87,11 +70,11 @@ pub(crate) struct Capturer {
     profiling: bool,
     cgroup_limit_bytes: Option<u64>,
     limit_bytes: u64,
-    limit_source: &'static str,
+    limit_source: LimitSource,
     /// The ladder's share rungs in bytes, recorded so a report can draw them.
     ladder_bytes: Vec<u64>,
-    /// Which figure the ladder compares (`allocated`, `cgroup-usage`, `max`).
-    measure: &'static str,
+    /// Which figure the ladder compares.
+    measure: Measure,
     /// Distinguishes captures within one millisecond.
     seq: u32,
 }
@@ -102,9 +85,9 @@ impl Capturer {
         dir: &Path,
         cgroup_limit_bytes: Option<u64>,
         limit_bytes: u64,
-        limit_source: &'static str,
+        limit_source: LimitSource,
         ladder_bytes: Vec<u64>,
-        measure: &'static str,
+        measure: Measure,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir_fd = OwnedFd::from(std::fs::File::open(dir)?);
@@ -121,7 +104,7 @@ impl Capturer {
             scratch,
             meta: Vec::with_capacity(8 * 1024 + binary_len),
             binary,
-            build_id: crate::meta::build_id(),
+            build_id: super::meta::build_id(),
             profiling: crate::profiling_enabled().unwrap_or(false),
             cgroup_limit_bytes,
             limit_bytes,
@@ -165,7 +148,7 @@ impl Capturer {
         )?;
 
         let heap = self.dump_heap(&tmp[..tmp_len], tmp_fd.as_raw_fd());
-        let timeline = create_at(tmp_fd.as_raw_fd(), b"timeline.bin\0")?;
+        let timeline = create_at(tmp_fd.as_raw_fd(), TIMELINE.c)?;
         self.scratch.clear();
         ring.write_file(&mut self.scratch, m.at_us, unix_ms, |bytes| {
             write_all(timeline.as_raw_fd(), bytes)
@@ -199,7 +182,7 @@ impl Capturer {
         record
             .encode(&mut self.meta)
             .map_err(|err| failure("encode meta", &err))?;
-        let meta = create_at(tmp_fd.as_raw_fd(), b"meta.txt\0")?;
+        let meta = create_at(tmp_fd.as_raw_fd(), META.c)?;
         write_all(meta.as_raw_fd(), &self.meta).map_err(|err| failure("write meta", &err))?;
         // SAFETY: fsync of descriptors we own.
         check("fsync meta", unsafe { libc::fsync(meta.as_raw_fd()) })?;
@@ -238,7 +221,8 @@ impl Capturer {
             .extend_from_slice(self.dir.as_os_str().as_bytes());
         self.heap_path.push(b'/');
         self.heap_path.extend_from_slice(tmp);
-        self.heap_path.extend_from_slice(b"/heap.prof\0");
+        self.heap_path.push(b'/');
+        self.heap_path.extend_from_slice(HEAP.c.to_bytes_with_nul());
         let ptr: *const libc::c_char = self.heap_path.as_ptr().cast();
         // SAFETY: "prof.dump" takes a `const char *` to a NUL-terminated path, read during the
         // call; `heap_path` outlives it.
@@ -255,13 +239,7 @@ impl Capturer {
             return HeapOutcome::Failed(rc);
         }
         // SAFETY: NUL-terminated literal; the descriptor is closed by OwnedFd.
-        let fd = unsafe {
-            libc::openat(
-                tmp_fd,
-                c"heap.prof".as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::openat(tmp_fd, HEAP.c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
         if fd >= 0 {
             // SAFETY: we own the fresh descriptor.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -308,7 +286,7 @@ fn open_at(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn create_at(dir: RawFd, name: &'static [u8]) -> Result<OwnedFd, CaptureFailure> {
+fn create_at(dir: RawFd, name: &'static std::ffi::CStr) -> Result<OwnedFd, CaptureFailure> {
     // SAFETY: NUL-terminated static name; mode passed as the variadic argument.
     let fd = unsafe {
         libc::openat(

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::capture::{CAPTURE_PREFIX, TMP_PREFIX};
+use super::error::RecorderError;
+use super::files;
+use super::meta::CaptureInfo;
 use crate::cgroup::{CgroupMemory, cgroup_memory};
-use crate::meta::CaptureInfo;
-use crate::recorder::RecorderError;
 
 /// The captures in `dir`, oldest first. Finished captures are `complete`; directories of
 /// captures cut short (the process died while writing) are listed with `complete: false`.
@@ -26,16 +26,12 @@ pub fn captures(dir: &Path) -> Result<Vec<CaptureInfo>, RecorderError> {
     let mut found: Vec<(String, CaptureInfo)> = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(key) = name
-            .strip_prefix(TMP_PREFIX)
-            .or(Some(name.as_str()))
-            .filter(|n| n.starts_with(CAPTURE_PREFIX))
-        else {
+        let Some(key) = files::capture_key(&name) else {
             continue;
         };
         let path = entry.path();
         let mut info = CaptureInfo::read(&path).unwrap_or_else(|| incomplete(&path, &name));
-        if name.starts_with(TMP_PREFIX) {
+        if files::is_temporary(&name) {
             info.complete = false;
         }
         found.push((key.to_string(), info));
@@ -81,7 +77,7 @@ pub fn postmortem_with(capture_dir: &Path, cgroup: Option<&CgroupMemory>) -> Pos
         captures: complete.len(),
         latest: complete.into_iter().last(),
         incomplete,
-        now_unix_ms: crate::wake::unix_ms(),
+        now_unix_ms: super::wake::unix_ms(),
     }
 }
 

@@ -9,7 +9,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ladder::Trigger;
+use super::config::{LimitSource, Measure};
+use super::error::RecorderError;
+use super::files::{self, HEAP, META, TIMELINE};
+use super::ladder::Trigger;
 
 /// What became of the heap profile of a capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +34,9 @@ pub(crate) struct MetaRecord<'a> {
     pub(crate) cgroup_usage_bytes: Option<u64>,
     pub(crate) cgroup_limit_bytes: Option<u64>,
     pub(crate) limit_bytes: u64,
-    pub(crate) limit_source: &'static str,
+    pub(crate) limit_source: LimitSource,
     pub(crate) ladder_bytes: &'a [u64],
-    pub(crate) measure: &'static str,
+    pub(crate) measure: Measure,
     pub(crate) binary: &'a Path,
     pub(crate) build_id: &'a str,
     pub(crate) heap: HeapOutcome,
@@ -75,13 +78,13 @@ impl MetaRecord<'_> {
         writeln!(out, "binary={}", self.binary.display())?;
         writeln!(out, "build_id={}", self.build_id)?;
         match self.heap {
-            HeapOutcome::Written => writeln!(out, "heap_profile=heap.prof")?,
+            HeapOutcome::Written => writeln!(out, "heap_profile={}", HEAP.name)?,
             HeapOutcome::Disabled => writeln!(out, "heap_profile_error=profiling disabled")?,
             HeapOutcome::Failed(code) => {
                 writeln!(out, "heap_profile_error=prof.dump errno {code}")?
             }
         }
-        writeln!(out, "timeline=timeline.bin")?;
+        writeln!(out, "timeline={}", TIMELINE.name)?;
         writeln!(out, "timeline_samples={}", self.timeline_samples)?;
         writeln!(out, "timeline_resolution_ns={}", self.resolution_ns)?;
         writeln!(out, "capture_ns={}", self.capture_ns)?;
@@ -138,8 +141,8 @@ impl CaptureInfo {
     /// Reads one capture directory, for a report: fails when `dir` is not a directory or has
     /// no `meta.txt` starting with `memwatch_capture=1`. A capture cut short is returned with
     /// `complete: false` (also when its directory still has the `.tmp-` prefix).
-    pub fn open(dir: &Path) -> Result<Self, crate::RecorderError> {
-        let io = |source| crate::RecorderError::Io {
+    pub fn open(dir: &Path) -> Result<Self, RecorderError> {
+        let io = |source| RecorderError::Io {
             path: dir.to_path_buf(),
             source,
         };
@@ -149,8 +152,8 @@ impl CaptureInfo {
                 "not a directory",
             )));
         }
-        let meta = dir.join("meta.txt");
-        let not_capture = || crate::RecorderError::Parse {
+        let meta = dir.join(META.name);
+        let not_capture = || RecorderError::Parse {
             path: dir.to_path_buf(),
             reason: "not a memwatch capture (no meta.txt from the flight recorder)",
         };
@@ -159,15 +162,20 @@ impl CaptureInfo {
             return Err(not_capture());
         }
         let mut info = Self::read(dir).ok_or_else(not_capture)?;
-        if info.name.starts_with(crate::capture::TMP_PREFIX) {
+        if files::is_temporary(&info.name) {
             info.complete = false;
         }
         Ok(info)
     }
 
+    /// [`measure`](Self::measure) as the type (`None` when absent or unknown).
+    pub fn measure_kind(&self) -> Option<Measure> {
+        self.measure.as_deref().and_then(Measure::parse)
+    }
+
     /// Reads a capture directory; `None` when it has no readable `meta.txt`.
     pub(crate) fn read(dir: &Path) -> Option<Self> {
-        let text = crate::cgroup::read_small(&dir.join("meta.txt"))?;
+        let text = crate::cgroup::read_small(&dir.join(META.name))?;
         let fields: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
         let num = |key: &str| fields.get(key).and_then(|v| v.parse::<u64>().ok());
         let file = |key: &str| {
@@ -311,9 +319,9 @@ mod tests {
             cgroup_usage_bytes: Some(230 << 20),
             cgroup_limit_bytes: Some(256 << 20),
             limit_bytes: 256 << 20,
-            limit_source: "cgroup",
+            limit_source: LimitSource::Cgroup,
             ladder_bytes: &[150 << 20, 192 << 20],
-            measure: "allocated",
+            measure: Measure::Allocated,
             binary: Path::new("/usr/bin/engine-gateway"),
             build_id: "abcd",
             heap: HeapOutcome::Written,
