@@ -32,6 +32,9 @@ mod cgroup;
 mod elf;
 pub mod profile;
 mod recorder;
+#[cfg(feature = "serde")]
+mod serde_impls;
+mod service;
 mod snapshot;
 mod timeline_svg;
 
@@ -44,11 +47,14 @@ pub use alloc::{
 pub use backtrace::{BacktracePolicy, PolicyAction, apply_backtrace_policy};
 pub use cgroup::{CgroupMemory, CgroupVersion, cgroup_memory, cgroup_memory_at, memory_limit};
 pub use elf::{DebugSection, SymbolizationCost, debug_sections};
+#[cfg(feature = "tracing")]
+pub use recorder::log_with_tracing;
 pub use recorder::{
-    CaptureInfo, Growth, LastCapture, LimitSource, Measure, Postmortem, Recorder, RecorderConfig,
-    RecorderError, RecorderStatus, SoftLimitConfig, Timeline, TimelineSample, Trigger, captures,
-    postmortem, postmortem_with, read_timeline,
+    CaptureInfo, Event, EventHook, Growth, LastCapture, LimitSource, Measure, Postmortem, Recorder,
+    RecorderConfig, RecorderError, RecorderStatus, SoftLimitConfig, Timeline, TimelineSample,
+    Trigger, captures, postmortem, postmortem_with, read_timeline,
 };
+pub use service::{Builder, MemoryReport, Memwatch, RecorderState, Settings};
 pub use snapshot::{
     CounterStats, JemallocStats, MemorySnapshot, ProcessMemory, jemalloc_stats, peek_snapshot,
     process_memory, process_memory_at, snapshot, write_prometheus,

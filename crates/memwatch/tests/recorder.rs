@@ -297,3 +297,55 @@ fn the_cgroup_peak_since_the_last_scrape_holds_a_short_spike() {
     );
     recorder.stop();
 }
+
+#[test]
+fn the_builder_reads_the_postmortem_starts_the_recorder_and_reports_each_capture() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&events);
+    let start = |seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>| {
+        memwatch::Memwatch::builder()
+            .capture_dir(dir.path())
+            .limit_bytes(1 << 40)
+            .on_event(move |e| seen.lock().unwrap().push(e.to_string()))
+            .start()
+            .unwrap()
+    };
+    let mw = start(seen);
+    assert!(mw.recorder().is_some(), "{mw:?}");
+    assert!(!mw.over_soft_limit());
+    assert!(mw.request_capture());
+    wait_for("the capture event", Duration::from_secs(10), || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("memory capture written"))
+    });
+    let text = events.lock().unwrap().join("\n");
+    assert!(text.contains("memory post-mortem"), "{text}");
+    assert!(text.contains("flight recorder armed"), "{text}");
+    assert!(
+        text.contains("trigger manual") && text.contains("capture-"),
+        "{text}"
+    );
+    let metrics = mw.metrics_text();
+    for needle in [
+        "memwatch_allocated_bytes",
+        "memwatch_recorder_captures_total 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+    drop(mw);
+
+    // The next start sees the capture; a bad setting fails before anything starts.
+    let mw = start(std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+    assert_eq!(mw.postmortem().captures, 1);
+    drop(mw);
+    let err = memwatch::Memwatch::builder()
+        .configure(|c| c.ladder = vec![1.5])
+        .start()
+        .unwrap_err();
+    assert!(err.to_string().contains("ladder"), "{err}");
+}

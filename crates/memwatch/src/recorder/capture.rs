@@ -32,6 +32,8 @@ pub(crate) struct Moment {
     pub(crate) detection_latency_ns: Option<u64>,
     pub(crate) allocated_bytes: u64,
     pub(crate) cgroup_usage_bytes: Option<u64>,
+    /// The figure the ladder compared (per [`Measure`]).
+    pub(crate) measured_bytes: u64,
 }
 
 /// A finished capture.

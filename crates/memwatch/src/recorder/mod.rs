@@ -11,12 +11,13 @@
 //! - `meta` (a capture's `meta.txt`, written and read back), `capture` (writing one capture
 //!   without allocating), `postmortem` (listing captures, the disk budget, the start-up
 //!   post-mortem);
-//! - `status` (what the recorder did), `thread` (the recorder thread), and this file: the
-//!   [`Recorder`] handle.
+//! - `status` (what the recorder did), `event` (what it tells the service's log), `thread`
+//!   (the recorder thread), and this file: the [`Recorder`] handle.
 
 mod capture;
 mod config;
 mod error;
+mod event;
 mod files;
 mod ladder;
 mod meta;
@@ -32,6 +33,9 @@ use std::thread::JoinHandle;
 
 pub use config::{Growth, LimitSource, Measure, RecorderConfig, SoftLimitConfig};
 pub use error::RecorderError;
+#[cfg(feature = "tracing")]
+pub use event::log_with_tracing;
+pub use event::{Event, EventHook};
 pub use ladder::Trigger;
 pub use meta::CaptureInfo;
 pub use postmortem::{Postmortem, captures, postmortem, postmortem_with};
@@ -55,11 +59,20 @@ impl Recorder {
     /// captures cut short by a previous death, and pruning to the budget), allocates and touches
     /// every buffer, then arms the allocator. Read [`postmortem`](crate::postmortem) first.
     pub fn start(config: RecorderConfig) -> Result<Self, RecorderError> {
+        Self::start_with_hook(config, None)
+    }
+
+    /// [`Recorder::start`], telling `hook` of each capture (on the recorder thread, once the
+    /// capture is on disk).
+    pub fn start_with_hook(
+        config: RecorderConfig,
+        hook: Option<EventHook>,
+    ) -> Result<Self, RecorderError> {
         config.validate()?;
         if RUNNING.swap(true, Ordering::AcqRel) {
             return Err(RecorderError::AlreadyRunning);
         }
-        match thread::spawn(config) {
+        match thread::spawn(config, hook) {
             Ok((shared, thread)) => Ok(Self {
                 shared,
                 thread: Some(thread),

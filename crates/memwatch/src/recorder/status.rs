@@ -35,6 +35,10 @@ pub struct RecorderStatus {
 pub struct LastCapture {
     pub path: PathBuf,
     pub trigger: Trigger,
+    /// The measured figure at the trigger (see [`Measure`](crate::Measure)), in bytes...
+    pub measured_bytes: u64,
+    /// ...and as a share of the limit.
+    pub share: f64,
     pub unix_ms: u64,
     /// From the crossing allocation to the recorder acting; `None` for triggers seen by the
     /// sampler (cgroup usage) or requested.

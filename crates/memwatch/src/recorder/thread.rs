@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::capture::{Capturer, Moment};
 use super::config::{LimitSource, Measure, RecorderConfig};
 use super::error::RecorderError;
+use super::event::{Event, EventHook};
 use super::ladder::{Ladder, SoftChange, SoftLimit, Trigger, WindowMin, share_of};
 use super::postmortem::prune;
 use super::status::{LastCapture, RecorderStatus};
@@ -45,6 +46,7 @@ pub(crate) struct Shared {
 /// Sets everything up on the calling thread, then starts the recorder thread.
 pub(crate) fn spawn(
     config: RecorderConfig,
+    hook: Option<EventHook>,
 ) -> Result<(Arc<Shared>, JoinHandle<()>), RecorderError> {
     let cgroup = cgroup_memory().ok();
     let cgroup_limit = cgroup.as_ref().and_then(|c| c.limit_bytes);
@@ -106,6 +108,8 @@ pub(crate) fn spawn(
     let (fine, coarse, fold) = config.timeline_samples();
     let mut state = State {
         shared: Arc::clone(&shared),
+        hook,
+        limit_bytes: limit,
         ring: Ring::new(fine, coarse, fold, resolution_ns),
         window: WindowMin::new(u64::try_from(window_us).unwrap_or(1_000_000)),
         ladder,
@@ -130,6 +134,9 @@ pub(crate) fn spawn(
 /// Everything the thread owns.
 struct State {
     shared: Arc<Shared>,
+    /// The service's hook, told of each capture once it is on disk.
+    hook: Option<EventHook>,
+    limit_bytes: u64,
     ring: Ring,
     window: WindowMin,
     ladder: Ladder,
@@ -203,6 +210,7 @@ impl State {
                 detection_latency_ns,
                 allocated_bytes: seen_allocated,
                 cgroup_usage_bytes: cgroup,
+                measured_bytes: value,
             };
             self.capture(&moment);
         }
@@ -255,6 +263,7 @@ impl State {
 
     fn capture(&mut self, moment: &Moment) {
         let result = self.capturer.capture(moment, &self.ring);
+        let written_ok = result.is_ok();
         // The capture is on disk (or failed): from here allocating is fine.
         let mut status = match self.shared.status.lock() {
             Ok(s) => s,
@@ -264,9 +273,13 @@ impl State {
         match result {
             Ok(written) => {
                 status.captures_total += 1;
+                #[allow(clippy::cast_precision_loss)] // a share for people
+                let share = moment.measured_bytes as f64 / self.limit_bytes.max(1) as f64;
                 status.last_capture = Some(LastCapture {
                     path: self.capturer.dir().join(written.name()),
                     trigger: moment.trigger,
+                    measured_bytes: moment.measured_bytes,
+                    share,
                     unix_ms: written.unix_ms,
                     detection_latency: moment.detection_latency_ns.map(Duration::from_nanos),
                     capture_duration: Duration::from_nanos(written.capture_ns),
@@ -278,7 +291,16 @@ impl State {
                 status.last_failure = Some(failure.to_string());
             }
         }
+        let last = status.last_capture.clone();
+        let failure = status.last_failure.clone();
         drop(status);
+        if let Some(hook) = &self.hook {
+            match (written_ok, last, failure) {
+                (true, Some(capture), _) => hook(&Event::Captured(&capture)),
+                (false, _, Some(reason)) => hook(&Event::CaptureFailed(&reason)),
+                _ => {}
+            }
+        }
         prune(
             self.capturer.dir(),
             self.max_captures,
