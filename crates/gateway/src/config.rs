@@ -25,51 +25,11 @@ pub struct Config {
     /// Bytes of request/response bodies held in memory at once, all connections together.
     pub inflight_bytes: usize,
     pub jwt: Option<JwtConfig>,
-    pub memory: MemoryConfig,
+    /// The `[memory]` section: memwatch's flight recorder and soft limit, with memwatch's
+    /// defaults and checks.
+    pub memory: memwatch::Settings,
     /// Embedded or NATS JetStream.
     pub store: StoreConfig,
-}
-
-/// The memory limit, the flight recorder and the soft limit (memwatch).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MemoryConfig {
-    /// Bytes; `None` takes the cgroup's limit (a larger value is capped by the cgroup's).
-    pub limit_bytes: Option<u64>,
-    /// Whether the flight recorder runs (it needs a limit, from the cgroup or `limit_bytes`).
-    pub recorder: bool,
-    /// Where captures go; default `DATA_DIR/memwatch`. Not a tmpfs: its pages would count
-    /// against the very limit being watched.
-    pub capture_dir: Option<PathBuf>,
-    /// Capture thresholds as shares of the limit.
-    pub ladder: Vec<f64>,
-    /// New work is refused (503) above this share of the limit...
-    pub soft_limit: f64,
-    /// ...until usage falls below this share.
-    pub soft_limit_resume: f64,
-    /// Captures kept on disk, oldest removed first.
-    pub max_captures: usize,
-    /// Seconds of memory history a capture holds...
-    pub timeline_seconds: u64,
-    /// ...of which the newest are at 1 ms, the older ones 100 ms maxima (16 bytes per sample:
-    /// 20 s at 1 ms is 0.3 MiB of resident memory, 300 s would be 4.6 MiB).
-    pub timeline_fine_seconds: u64,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig {
-            limit_bytes: None,
-            recorder: true,
-            capture_dir: None,
-            ladder: vec![0.60, 0.75, 0.90],
-            soft_limit: 0.80,
-            soft_limit_resume: 0.70,
-            max_captures: 10,
-            timeline_seconds: 300,
-            timeline_fine_seconds: 20,
-        }
-    }
 }
 
 /// Where JWTs are checked against.
@@ -106,7 +66,7 @@ struct FileConfig {
     limits: FileLimits,
     jwt: Option<JwtConfig>,
     #[serde(default)]
-    memory: MemoryConfig,
+    memory: memwatch::Settings,
     /// `embedded` or `nats://...`.
     store: Option<String>,
     nats: Option<store::FileNats>,
@@ -206,30 +166,9 @@ impl Config {
                 self.handler.chunk_bytes
             );
         }
-        let m = &self.memory;
-        let share = |x: f64| x > 0.0 && x < 1.0;
-        if !m.ladder.iter().all(|&x| share(x))
-            || !share(m.soft_limit)
-            || !share(m.soft_limit_resume)
-        {
-            bail!(
-                "memory.ladder, soft_limit and soft_limit_resume are shares of the limit, between 0 and 1"
-            );
-        }
-        if m.soft_limit_resume >= m.soft_limit {
-            bail!("memory.soft_limit_resume must be below memory.soft_limit");
-        }
-        if m.limit_bytes == Some(0) {
-            bail!("memory.limit_bytes must be positive");
-        }
-        if !(1..=3600).contains(&m.timeline_seconds)
-            || !(1..=m.timeline_seconds.min(600)).contains(&m.timeline_fine_seconds)
-        {
-            bail!(
-                "memory.timeline_seconds must be 1 to 3600, memory.timeline_fine_seconds 1 to \
-                 600 and at most timeline_seconds (each fine second holds 16 KB)"
-            );
-        }
+        self.memory
+            .validate()
+            .map_err(|err| anyhow::anyhow!("[memory]: {err}"))?;
         for (name, d) in [
             ("header_timeout_secs", self.server.header_timeout),
             ("body_timeout_secs", self.handler.body_timeout),

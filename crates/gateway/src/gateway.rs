@@ -11,7 +11,6 @@ use crate::auth::{Authenticator, FileTokenStore, JwtVerifier, TokenStore, bootst
 use crate::budget::ByteBudget;
 use crate::config::{Config, StoreConfig};
 use crate::http::{self, AppState};
-use crate::memory::MemoryWatch;
 use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
 use crate::store::nats::tokens::NatsTokenStore;
@@ -34,12 +33,18 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let memory_config = config.memory.clone();
-    let memory_dir = data_dir.clone();
-    let memory =
-        tokio::task::spawn_blocking(move || MemoryWatch::start(&memory_config, &memory_dir))
-            .await
-            .context("memory watch task failed")?;
+    // The post-mortem of the previous run (logged), then the flight recorder.
+    let memory_settings = config.memory.clone();
+    let capture_dir = data_dir.join("memwatch");
+    let memory = tokio::task::spawn_blocking(move || {
+        memwatch::Memwatch::builder()
+            .capture_dir(capture_dir)
+            .settings(&memory_settings)
+            .start()
+    })
+    .await
+    .context("memory watch task failed")?
+    .context("starting memwatch")?;
     let Some((store, tokens)) = open_backends_or_stop(&config, shutdown.clone()).await? else {
         tracing::info!("shutdown requested while waiting for the store");
         return Ok(());
@@ -74,7 +79,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),
-        memory: Arc::new(memory),
+        memory,
     });
     let address = listener
         .local_addr()

@@ -11,7 +11,6 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod logging;
-pub mod memory;
 pub mod metrics;
 pub mod store;
 pub mod stream_id;

@@ -4,10 +4,8 @@
 //! so tests can drive it with `oneshot`. Limits that need the socket (connection cap, header
 //! timeout, header size) live in `server`.
 
-mod debug;
 mod error;
 mod ops;
-mod pprof;
 mod query;
 mod read_body;
 pub mod server;
@@ -28,7 +26,6 @@ pub use error::{ApiError, ErrorCode};
 
 use crate::auth::Authenticator;
 use crate::budget::ByteBudget;
-use crate::memory::MemoryWatch;
 use crate::metrics::{Metrics, Route};
 use crate::store::Store;
 
@@ -64,7 +61,7 @@ pub struct AppState {
     /// Turns true when the gateway is shutting down: followers end, readiness fails.
     pub shutdown: watch::Receiver<bool>,
     /// Flight recorder and soft limit.
-    pub memory: Arc<MemoryWatch>,
+    pub memory: memwatch::Memwatch,
 }
 
 /// The router of the whole API.
@@ -79,10 +76,15 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/debug/memory", get(debug::memory))
-        .route("/debug/pprof/heap", get(pprof::heap))
+        .merge(ops::memory_routes(&state))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(ops::soft_limit(&state, |r| {
+            matches!(
+                route_of(r.method(), r.uri().path()),
+                Route::Ops | Route::Debug | Route::Other
+            )
+        }))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
         .with_state(state)
 }
@@ -103,14 +105,7 @@ async fn method_not_allowed() -> ApiError {
 async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let route = route_of(request.method(), request.uri().path());
     let started = Instant::now();
-    let stream_work = !matches!(route, Route::Ops | Route::Debug | Route::Other);
-    let response = if stream_work && state.memory.over_soft_limit() {
-        // Memory pressure: refuse new work, keep ops and debug endpoints (pprof!) answering.
-        ApiError::overloaded("the gateway is over its memory soft limit; retry later")
-            .into_response()
-    } else {
-        next.run(request).await.into_response()
-    };
+    let response = next.run(request).await.into_response();
     let status = response.status().as_u16();
     state.metrics.request(route, status, started.elapsed());
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {

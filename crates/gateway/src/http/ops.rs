@@ -1,14 +1,63 @@
-//! Operations endpoints: liveness, readiness, metrics.
+//! Operations endpoints: liveness, readiness, metrics; memwatch's admin endpoints
+//! (`/debug/memory`, `/debug/pprof/heap`) and soft limit wired with the gateway's admin check
+//! and error answers.
 
 use std::sync::Arc;
 
+use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
 use crate::metrics::write_gauge;
+
+/// memwatch's endpoints for admin tokens, answering errors as the gateway does.
+pub fn memory_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let auth = Arc::clone(state);
+    memwatch_axum::Routes::new(state.memory.clone(), move |headers: HeaderMap| {
+        let state = Arc::clone(&auth);
+        async move { state.require_admin(&headers).await }
+    })
+    .errors(|err| {
+        if err.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %err.message, "memory endpoint failed");
+        }
+        let mut api = ApiError::new(err.status, err.code, err.message);
+        api.retry_after = err.retry_after;
+        api.into_response()
+    })
+    .metrics_route(false)
+    .flamegraph_title("engine-gateway live heap")
+    .router()
+}
+
+/// Over the memory soft limit, new work gets 503 + `Retry-After`; `exempt` requests (ops and
+/// debug endpoints: an operator can still take a profile) pass.
+pub fn soft_limit(
+    state: &AppState,
+    exempt: impl Fn(&Request<Body>) -> bool + Send + Sync + 'static,
+) -> memwatch_axum::SoftLimitLayer {
+    memwatch_axum::SoftLimitLayer::new(state.memory.clone())
+        .exempt(exempt)
+        .refusal(|| {
+            ApiError::overloaded("the gateway is over its memory soft limit; retry later")
+                .into_response()
+        })
+}
+
+impl AppState {
+    pub async fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let principal = self.authenticate(headers).await?;
+        if principal.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this endpoint is for admin tokens"))
+        }
+    }
+}
 
 /// `GET /healthz`: the process answers.
 pub async fn healthz() -> Response {
@@ -48,11 +97,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.budget.in_use(),
     );
     state.store.write_metrics(&mut out);
-    // Reading the snapshot resets the allocator's peak: each scrape sees the peak since the last.
-    if let Ok(snapshot) = tokio::task::spawn_blocking(memwatch::snapshot).await {
-        memwatch::write_prometheus(&snapshot, &mut out);
+    // memwatch's figures, peaks, recorder and post-mortem; /proc reads, so off the workers.
+    let memory = state.memory.clone();
+    if let Ok(text) = tokio::task::spawn_blocking(move || memory.metrics_text()).await {
+        out.push_str(&text);
     }
-    state.memory.write_metrics(&mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
