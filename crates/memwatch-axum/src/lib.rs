@@ -4,7 +4,7 @@
 //! # async fn run(mw: memwatch::Memwatch, app: axum::Router) {
 //! let app = app
 //!     .merge(memwatch_axum::Routes::new(mw.clone(), memwatch_axum::bearer_token("s3cret")).router())
-//!     .layer(memwatch_axum::SoftLimitLayer::new(mw).exempt(|r| r.uri().path().starts_with("/debug/")));
+//!     .layer(memwatch_axum::SoftLimitLayer::new(mw).exempt(|r| r.uri().path() == "/healthz"));
 //! # }
 //! ```
 //!
@@ -31,3 +31,14 @@ pub use auth::{Authorize, NoAuthorization, bearer_token};
 pub use error::HttpError;
 pub use routes::Routes;
 pub use soft_limit::{SoftLimitLayer, SoftLimitService};
+
+/// A multi-threaded tokio runtime (all drivers) whose threads fold their allocation counts
+/// into memwatch's when they stop (`on_thread_stop(memwatch::flush_thread)`: without it,
+/// thread churn makes the counter drift by up to 128 KiB per exited thread). Build it in a
+/// plain `fn main` after [`memwatch::apply_backtrace_policy`], instead of `#[tokio::main]`.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_stop(memwatch::flush_thread)
+        .build()
+}

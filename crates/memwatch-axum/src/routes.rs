@@ -22,6 +22,11 @@ pub const CAPTURE_PATH: &str = "/debug/memory/capture";
 /// `GET`: Prometheus text.
 pub const METRICS_PATH: &str = "/metrics";
 
+/// Whether `path` is one of the routes above (the soft limit lets them through).
+pub(crate) fn is_memwatch_path(path: &str) -> bool {
+    matches!(path, HEAP_PATH | MEMORY_PATH | CAPTURE_PATH | METRICS_PATH)
+}
+
 /// One profile at a time, process-wide, like the jemalloc profile it reads. The permit moves
 /// into the blocking task, so a client that hangs up does not free the slot early.
 static PROFILE_SLOT: Semaphore = Semaphore::const_new(1);

@@ -31,7 +31,8 @@ impl std::fmt::Debug for SoftLimitLayer {
 }
 
 impl SoftLimitLayer {
-    /// Refuses every request while over the soft limit, until [`SoftLimitLayer::exempt`].
+    /// Refuses every request while over the soft limit except memwatch's own routes (an
+    /// operator needs a profile then) and those [`SoftLimitLayer::exempt`] adds.
     pub fn new(mw: Memwatch) -> Self {
         Self {
             mw,
@@ -48,7 +49,8 @@ impl SoftLimitLayer {
         }
     }
 
-    /// Requests for which this returns `true` always pass (e.g. `/healthz`, `/debug/...`).
+    /// Requests for which this returns `true` also pass (e.g. `/healthz`), besides memwatch's
+    /// own routes.
     #[must_use]
     pub fn exempt(
         mut self,
@@ -100,7 +102,10 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if self.layer.mw.over_soft_limit() && !(self.layer.exempt)(&request) {
+        if self.layer.mw.over_soft_limit()
+            && !crate::routes::is_memwatch_path(request.uri().path())
+            && !(self.layer.exempt)(&request)
+        {
             let response = (self.layer.refusal)();
             return Box::pin(async move { Ok(response) });
         }

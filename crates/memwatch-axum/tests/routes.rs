@@ -110,17 +110,18 @@ async fn endpoints_answer_behind_the_services_authorization_and_the_soft_limit_s
 
     let capture = call(&app, "POST", "/debug/memory/capture", Some("t0ken")).await;
     assert_eq!(capture.status, 202);
+    // The capture lands in the directory, then in the recorder's counters.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while memwatch::captures(dir.path()).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "no capture written");
+    loop {
+        let metrics = call(&app, "GET", "/metrics", None).await;
+        let text = String::from_utf8(metrics.body).unwrap();
+        if text.contains("memwatch_recorder_captures_total 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no capture counted:\n{text}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let metrics = call(&app, "GET", "/metrics", None).await;
-    let text = String::from_utf8(metrics.body).unwrap();
-    assert!(
-        text.contains("memwatch_recorder_captures_total 1"),
-        "{text}"
-    );
+    assert_eq!(memwatch::captures(dir.path()).unwrap().len(), 1);
     assert_eq!(call(&app, "GET", "/work", None).await.status, 200);
     drop(app);
     drop(mw);

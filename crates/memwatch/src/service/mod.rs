@@ -165,7 +165,8 @@ impl Builder {
         self
     }
 
-    /// The limit is the cgroup's (the default). Without one the recorder stays off.
+    /// The limit is the cgroup's (the default), or `MEMWATCH_LIMIT_BYTES` when set (a host
+    /// without a cgroup limit, a test). Without either the recorder stays off.
     pub fn limit_from_cgroup(mut self) -> Self {
         self.config.limit_bytes = None;
         self
@@ -198,7 +199,9 @@ impl Builder {
     }
 
     /// Called for the post-mortem, the recorder armed or off, and each capture (from the
-    /// recorder thread, once it is on disk). Without a hook, the `tracing` feature logs them.
+    /// recorder thread, once it is on disk). Without a hook they go to `tracing` (feature
+    /// `tracing`, once a subscriber is installed: WARN for an incident or a capture, INFO
+    /// otherwise), else one line each on stderr.
     pub fn on_event(mut self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
         self
@@ -208,7 +211,10 @@ impl Builder {
     /// thread start): call it before the async runtime or on a blocking thread. Fails only
     /// on invalid settings; a recorder that cannot run (no limit known, no counting
     /// allocator) is reported as off, and the service keeps going.
-    pub fn start(self) -> Result<Memwatch, RecorderError> {
+    pub fn start(mut self) -> Result<Memwatch, RecorderError> {
+        if self.config.limit_bytes.is_none() {
+            self.config.limit_bytes = limit_from_env()?;
+        }
         self.config.validate()?;
         let hook = self.hook.or_else(default_hook);
         let tell = |event: &Event<'_>| {
@@ -243,12 +249,28 @@ impl Builder {
     }
 }
 
-#[cfg(feature = "tracing")]
-fn default_hook() -> Option<EventHook> {
-    Some(Arc::new(crate::recorder::log_with_tracing))
+/// The environment variable that gives a limit when the service gives none.
+pub const LIMIT_ENV: &str = "MEMWATCH_LIMIT_BYTES";
+
+fn limit_from_env() -> Result<Option<u64>, RecorderError> {
+    match std::env::var(LIMIT_ENV) {
+        Err(_) => Ok(None),
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            RecorderError::InvalidConfig("MEMWATCH_LIMIT_BYTES must be a number of bytes")
+        }),
+    }
 }
 
-#[cfg(not(feature = "tracing"))]
+/// Without a hook: through `tracing` when the feature is on and the service installed a
+/// subscriber, else one line on stderr per event. Events are rare (start, captures) and
+/// exactly what an operator looks for; `.on_event(|_| {})` silences them.
 fn default_hook() -> Option<EventHook> {
-    None
+    Some(Arc::new(|event| {
+        #[cfg(feature = "tracing")]
+        if tracing::dispatcher::has_been_set() {
+            crate::recorder::log_with_tracing(event);
+            return;
+        }
+        eprintln!("memwatch: {event}");
+    }))
 }
