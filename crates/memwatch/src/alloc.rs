@@ -59,10 +59,10 @@ pub fn allocated_bytes() -> Option<u64> {
     installed().then(|| clamp(CURRENT.load(Ordering::Relaxed)))
 }
 
-/// Highest value of [`allocated_bytes`] since the previous call, then resets the peak to the
-/// current value: "peak since last scrape", so a 10 s scrape still sees a 50 ms spike. Call it
-/// from one place only (the metrics scrape); `None` when the allocator is not installed.
-pub fn take_peak() -> Option<u64> {
+/// The allocator's running maximum since the last drain, which then restarts from the current
+/// value. Only [`peaks`](crate::peaks) calls it: it moves the value into its trailing window,
+/// so no reader ever loses a spike to another.
+pub(crate) fn drain_peak() -> Option<u64> {
     if !installed() {
         return None;
     }
@@ -73,14 +73,11 @@ pub fn take_peak() -> Option<u64> {
     Some(clamp(previous.max(current)))
 }
 
-/// Highest value of [`allocated_bytes`] since the last [`take_peak`], without resetting it.
+/// Highest value of [`allocated_bytes`] over the trailing peak window (default 60 s; see
+/// [`set_peak_window`](crate::set_peak_window)). Reading resets nothing: every reader sees
+/// the same peak. `None` when the allocator is not installed.
 pub fn peek_peak() -> Option<u64> {
-    installed().then(|| {
-        let peak = PEAK
-            .load(Ordering::Relaxed)
-            .max(CURRENT.load(Ordering::Relaxed));
-        clamp(peak)
-    })
+    crate::peaks::allocated_peak()
 }
 
 /// Folds the calling thread's pending delta into the global counter. A thread that exits takes
@@ -216,7 +213,7 @@ unsafe impl GlobalAlloc for Allocator {
 
 /// Bytes allocated through the allocator, as folded so far.
 static CURRENT: AtomicI64 = AtomicI64::new(0);
-/// Highest value CURRENT reached at a fold since the last [`take_peak`].
+/// Highest value CURRENT reached at a fold since the last [`drain_peak`].
 static PEAK: AtomicI64 = AtomicI64::new(0);
 /// Set at the first fold: tells "not installed" apart from "nothing allocated".
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -306,7 +303,7 @@ mod tests {
     fn counter_reports_none_without_the_allocator_installed() {
         // This unit-test binary runs on the default allocator.
         assert_eq!(allocated_bytes(), None);
-        assert_eq!(take_peak(), None);
+        assert_eq!(peek_peak(), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! memwatch: memory observability for Rust services on jemalloc.
 //!
 //! Knows nothing of HTTP or of any particular service: it counts allocated bytes at the
-//! allocator (with a peak since the last scrape), reads jemalloc, process and cgroup memory
+//! allocator (with a peak over a trailing window that every reader sees), reads jemalloc, process and cgroup memory
 //! figures, renders them as Prometheus gauges, dumps raw jemalloc heap profiles and turns them
 //! into pprof and flame graphs ([`profile`]), and sets a backtrace policy that keeps the error
 //! path from symbolizing debug info.
@@ -30,6 +30,7 @@ mod alloc;
 mod backtrace;
 mod cgroup;
 mod elf;
+mod peaks;
 pub mod profile;
 mod recorder;
 #[cfg(feature = "serde")]
@@ -42,11 +43,12 @@ use std::path::PathBuf;
 
 pub use alloc::{
     Allocator, DEFAULT_MALLOC_CONF, FOLD_THRESHOLD, MallocConf, allocated_bytes, dump_heap_profile,
-    flush_thread, peek_peak, profiling_enabled, take_peak,
+    flush_thread, peek_peak, profiling_enabled,
 };
 pub use backtrace::{BacktracePolicy, PolicyAction, apply_backtrace_policy};
 pub use cgroup::{CgroupMemory, CgroupVersion, cgroup_memory, cgroup_memory_at, memory_limit};
 pub use elf::{DebugSection, SymbolizationCost, debug_sections};
+pub use peaks::{allocated_peak, cgroup_usage_peak, peak_window, set_peak_window};
 #[cfg(feature = "tracing")]
 pub use recorder::log_with_tracing;
 pub use recorder::{

@@ -43,7 +43,7 @@ pub struct JemallocStats {
 pub struct CounterStats {
     /// Bytes allocated now (requested sizes).
     pub allocated_bytes: u64,
-    /// Highest `allocated_bytes` since the previous [`snapshot`] (or [`take_peak`](crate::take_peak)).
+    /// Highest `allocated_bytes` over the trailing peak window ([`peek_peak`](crate::peek_peak)).
     pub peak_bytes: u64,
 }
 
@@ -58,15 +58,15 @@ pub struct ProcessMemory {
     pub threads: Option<u64>,
 }
 
-/// Reads every figure and resets the allocator peak: this is the metrics scrape, so each scrape
-/// sees the peak since the previous one. Use [`peek_snapshot`] for other views.
+/// Reads every figure. Resets nothing: the peaks are over a trailing window, the same for
+/// every reader.
 pub fn snapshot() -> MemorySnapshot {
-    read_all(alloc::take_peak())
+    read_all(alloc::peek_peak())
 }
 
-/// Like [`snapshot`] but leaves the peak for the next scrape (for debug pages and logs).
+/// The same as [`snapshot`] (kept from when a scrape reset the peak).
 pub fn peek_snapshot() -> MemorySnapshot {
-    read_all(alloc::peek_peak())
+    snapshot()
 }
 
 /// jemalloc's statistics, after advancing the epoch so they are fresh.
@@ -159,7 +159,7 @@ pub fn write_prometheus(snapshot: &MemorySnapshot, out: &mut String) {
         );
         gauge(
             "allocated_peak_bytes",
-            "highest allocated bytes since the previous scrape",
+            "highest allocated bytes over the trailing peak window (60 s unless configured)",
             Some(c.peak_bytes),
         );
     }

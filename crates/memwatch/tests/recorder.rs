@@ -269,17 +269,26 @@ fn soft_limit_turns_on_above_the_high_mark_and_off_below_the_low_mark() {
     assert_eq!(status.captures_total, 0, "no rungs configured");
 }
 
+/// A gauge's value in Prometheus text.
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[test]
-fn the_cgroup_peak_since_the_last_scrape_holds_a_short_spike() {
+fn two_scrapers_both_see_a_spike_between_their_scrapes() {
     let _serial = serial();
-    let Some(before) = memwatch::cgroup_memory().ok().and_then(|c| c.usage_bytes) else {
-        eprintln!("no memory cgroup usage readable here: nothing to check");
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let recorder = Recorder::start(config(dir.path(), 64 << 30, &[0.9])).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    let _ = recorder.take_cgroup_peak(); // a scrape: resets
+    let mw = memwatch::Memwatch::builder()
+        .capture_dir(dir.path())
+        .limit_bytes(1 << 40)
+        .on_event(|_| {})
+        .start()
+        .unwrap();
+    let cgroup_before = memwatch::cgroup_memory().ok().and_then(|c| c.usage_bytes);
+    // Scraper A, then a spike, then scraper B, then A again: neither read resets anything.
+    let first_a = mw.metrics_text();
+    let allocated_before = gauge(&first_a, "memwatch_allocated_bytes").unwrap();
     // 16 MiB blocks are above jemalloc's oversize threshold: fresh pages, unmapped at free, so
     // the spike shows in the cgroup even if earlier tests left dirty pages for reuse.
     let blocks: Vec<Vec<u8>> = (0..4)
@@ -287,15 +296,27 @@ fn the_cgroup_peak_since_the_last_scrape_holds_a_short_spike() {
         .collect();
     std::thread::sleep(Duration::from_millis(30));
     drop(black_box(blocks));
-    std::thread::sleep(Duration::from_millis(50));
-    let peak = recorder
-        .take_cgroup_peak()
-        .expect("the recorder samples cgroup usage");
-    assert!(
-        peak >= before + 48 * MIB,
-        "peak {peak} should hold the 64 MiB spike over {before}"
-    );
-    recorder.stop();
+    std::thread::sleep(Duration::from_millis(20));
+    let b = mw.metrics_text();
+    let second_a = mw.metrics_text();
+    for (who, text) in [("B", &b), ("A", &second_a)] {
+        let peak = gauge(text, "memwatch_allocated_peak_bytes").unwrap();
+        assert!(
+            peak >= allocated_before + 63 * MIB,
+            "scraper {who}: allocated peak {peak} should hold the 64 MiB spike over {allocated_before}"
+        );
+        assert!(
+            gauge(text, "memwatch_allocated_bytes").unwrap() < allocated_before + 16 * MIB,
+            "the spike is gone from now"
+        );
+        if let Some(before) = cgroup_before {
+            let peak = gauge(text, "memwatch_cgroup_usage_peak_bytes").unwrap();
+            assert!(
+                peak >= before + 48 * MIB,
+                "scraper {who}: cgroup peak {peak} should hold the spike over {before}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -47,6 +47,9 @@ pub struct RecorderConfig {
     pub coarse_resolution: Duration,
     /// Which figure the ladder and the soft limit compare with the limit.
     pub measure: Measure,
+    /// The trailing window of the peak gauges (`memwatch_*_peak_bytes`, default 60 s: at
+    /// least one scrape interval, so every scraper sees every spike).
+    pub peak_window: Duration,
 }
 
 /// The growth-rate rung.
@@ -182,6 +185,7 @@ impl RecorderConfig {
             fine_timeline: Duration::from_secs(20),
             coarse_resolution: Duration::from_millis(100),
             measure: Measure::default(),
+            peak_window: Duration::from_secs(60),
         }
     }
 
@@ -235,6 +239,10 @@ impl RecorderConfig {
         }
         if self.max_captures == 0 {
             return invalid("max_captures must be at least 1");
+        }
+        if self.peak_window < Duration::from_secs(1) || self.peak_window > Duration::from_secs(3600)
+        {
+            return invalid("peak_window_seconds must be between 1 and 3600");
         }
         Ok(())
     }

@@ -112,16 +112,6 @@ impl Recorder {
         status
     }
 
-    /// The highest cgroup usage the recorder sampled (at its resolution, 1 ms by default) since
-    /// the previous call, which resets it: a scrape every 10 s still sees a 50 ms spike of the
-    /// container's memory, page cache included. `None` when no cgroup usage could be read.
-    pub fn take_cgroup_peak(&self) -> Option<u64> {
-        match self.shared.cgroup_peak.swap(0, Ordering::Relaxed) {
-            0 => None,
-            peak => Some(peak),
-        }
-    }
-
     /// Stops the thread and waits for it (a capture in progress finishes first).
     pub fn stop(mut self) {
         self.shutdown();

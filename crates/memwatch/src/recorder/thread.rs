@@ -37,8 +37,6 @@ pub(crate) struct Shared {
     pub(crate) samples_total: AtomicU64,
     pub(crate) purges_total: AtomicU64,
     pub(crate) soft_limit_entries_total: AtomicU64,
-    /// Highest cgroup usage sampled (every tick) since the last [`Recorder::take_cgroup_peak`].
-    pub(crate) cgroup_peak: AtomicU64,
     /// Updated after each capture only, never in the sampling loop.
     pub(crate) status: Mutex<RecorderStatus>,
 }
@@ -102,7 +100,6 @@ pub(crate) fn spawn(
         samples_total: AtomicU64::new(0),
         purges_total: AtomicU64::new(0),
         soft_limit_entries_total: AtomicU64::new(0),
-        cgroup_peak: AtomicU64::new(0),
         status: Mutex::new(RecorderStatus::new(&config.capture_dir, limit, source)),
     });
     let (fine, coarse, fold) = config.timeline_samples();
@@ -170,9 +167,11 @@ impl State {
         let at_us = now_ns.saturating_sub(self.started_ns) / 1000;
         let allocated = crate::allocated_bytes().unwrap_or(0);
         let cgroup = self.usage_file.as_ref().and_then(read_usage);
+        // The peak gauges' windows: every sample, so a spike lands in the bucket of its time.
         if let Some(usage) = cgroup {
-            self.shared.cgroup_peak.fetch_max(usage, Ordering::Relaxed);
+            crate::peaks::record_cgroup(usage);
         }
+        crate::peaks::drain_allocated();
         self.ring.push(at_us, allocated, cgroup);
         self.shared.samples_total.fetch_add(1, Ordering::Relaxed);
 

@@ -122,23 +122,26 @@ impl Memwatch {
         }
     }
 
-    /// Appends every `memwatch_*` metric in Prometheus text: the figures, the peaks, the
-    /// recorder's counters and the post-mortem. Blocking like [`Memwatch::report`]. This is
-    /// the scrape: it resets the allocator's peak-since-last-scrape.
+    /// Appends every `memwatch_*` metric in Prometheus text: the figures, the peaks over the
+    /// trailing window, the recorder's counters and the post-mortem. Blocking like
+    /// [`Memwatch::report`]. Resets nothing: any number of scrapers see the same peaks.
     pub fn write_metrics(&self, out: &mut String) {
-        crate::write_prometheus(&crate::snapshot(), out);
+        let snapshot = crate::snapshot();
+        crate::write_prometheus(&snapshot, out);
+        let usage = snapshot.cgroup.as_ref().and_then(|c| c.usage_bytes);
+        if let Some(peak) = crate::cgroup_usage_peak(usage) {
+            use std::fmt::Write as _;
+            let secs = crate::peak_window().as_secs();
+            let _ = write!(
+                out,
+                "# HELP memwatch_cgroup_usage_peak_bytes highest cgroup memory usage over the \
+                 last {secs} s, sampled every tick of the recorder\n\
+                 # TYPE memwatch_cgroup_usage_peak_bytes gauge\n\
+                 memwatch_cgroup_usage_peak_bytes {peak}\n"
+            );
+        }
         if let Some(recorder) = &self.inner.recorder {
             recorder.status().write_prometheus(out);
-            if let Some(peak) = recorder.take_cgroup_peak() {
-                use std::fmt::Write as _;
-                let _ = write!(
-                    out,
-                    "# HELP memwatch_cgroup_usage_peak_bytes highest cgroup memory usage since \
-                     the previous scrape, sampled at the recorder's resolution\n\
-                     # TYPE memwatch_cgroup_usage_peak_bytes gauge\n\
-                     memwatch_cgroup_usage_peak_bytes {peak}\n"
-                );
-            }
         }
         self.inner.postmortem.write_prometheus(out);
     }
@@ -216,6 +219,7 @@ impl Builder {
             self.config.limit_bytes = limit_from_env()?;
         }
         self.config.validate()?;
+        crate::set_peak_window(self.config.peak_window);
         let hook = self.hook.or_else(default_hook);
         let tell = |event: &Event<'_>| {
             if let Some(hook) = &hook {

@@ -42,6 +42,8 @@ pub struct Settings {
     pub cooldown_seconds: u64,
     /// What the rungs compare with the limit: `allocated`, `cgroup-usage` or `max`.
     pub measure: Measure,
+    /// Seconds over which the peak gauges take their maximum (never reset by a scrape).
+    pub peak_window_seconds: u64,
 }
 
 impl Default for Settings {
@@ -64,6 +66,7 @@ impl Default for Settings {
             timeline_fine_seconds: d.fine_timeline.as_secs(),
             cooldown_seconds: d.cooldown.as_secs(),
             measure: d.measure,
+            peak_window_seconds: d.peak_window.as_secs(),
         }
     }
 }
@@ -89,6 +92,7 @@ impl Settings {
         c.fine_timeline = Duration::from_secs(self.timeline_fine_seconds);
         c.cooldown = Duration::from_secs(self.cooldown_seconds);
         c.measure = self.measure;
+        c.peak_window = Duration::from_secs(self.peak_window_seconds);
         c
     }
 
