@@ -11,6 +11,7 @@
 //! memwatch report CAPTURE [--binary BIN] [--baseline CAPTURE|PROFILE] [-o DIR | --svg FILE]
 //! ```
 
+mod advice;
 mod captures;
 mod report;
 
@@ -167,7 +168,16 @@ pub(crate) fn write_top(
     )?;
     let rows = top(profile).into_iter();
     for row in rows.filter(|r| !sites_only || r.flat_bytes > 0).take(count) {
-        let source = row.source.map(|s| format!(" ({s})")).unwrap_or_default();
+        let base = advice::base_dir();
+        let source = row
+            .source
+            .map(|s| {
+                format!(
+                    " ({})",
+                    memwatch::profile::short_source(&s, base.as_deref())
+                )
+            })
+            .unwrap_or_default();
         writeln!(
             out,
             "{:>12} {:>5.1}% {:>12} {:>5.1}%  {}{source}",
