@@ -33,7 +33,7 @@ pub use advice::{
     DEFAULT_LIBRARY_CRATES, Finding, HeavyPath, MIN_FINDING_SHARE, NO_OWN_FRAME, OwnCode, crate_of,
     findings, heavy_paths,
 };
-pub use flamegraph::flamegraph_svg;
+pub use flamegraph::{COLLAPSED, FlameOptions, flamegraph_svg, flamegraph_svg_with};
 pub use report::{DiffRow, TopRow, diff, human_bytes, short_source, top};
 
 /// A heap profile: what is allocated now, by call stack, in estimated (unsampled) figures.

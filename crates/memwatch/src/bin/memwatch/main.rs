@@ -5,10 +5,11 @@
 //! ```text
 //! memwatch top FILE [--binary BIN] [-n 20]
 //! memwatch diff BASE NEW [--binary BIN] [-n 20]
-//! memwatch flamegraph FILE [--binary BIN] -o OUT.svg
+//! memwatch flamegraph FILE [--binary BIN] [--all-frames] -o OUT.svg
 //! memwatch symbolize FILE --binary BIN -o OUT.pb.gz
 //! memwatch captures DIR
 //! memwatch report CAPTURE [--binary BIN] [--baseline CAPTURE|PROFILE] [-o DIR | --svg FILE]
+//!                [--library-crates LIST | --also-library LIST] [--all-frames]
 //! ```
 
 mod advice;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use memwatch::profile::{Profile, diff, flamegraph_svg, human_bytes, top};
+use memwatch::profile::{FlameOptions, Profile, diff, flamegraph_svg_with, human_bytes, top};
 
 /// Explain heap profiles offline.
 #[derive(Parser)]
@@ -57,9 +58,12 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         symbols: Symbols,
-        /// Where to write the SVG.
+        /// Where to write the SVG (interactive in a browser: click to zoom, Ctrl-F to search).
         #[arg(short = 'o', long)]
         output: PathBuf,
+        /// Show every frame instead of collapsing async-runtime and std plumbing.
+        #[arg(long)]
+        all_frames: bool,
     },
     /// Rewrites a profile as gzip pprof with file:line from the binary's debug info.
     Symbolize {
@@ -127,10 +131,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             symbols,
             output,
+            all_frames,
         } => {
             let profile = load(&file, &symbols)?;
-            let title = format!("heap {}", file.display());
-            std::fs::write(&output, flamegraph_svg(&profile, &title))
+            let options = FlameOptions {
+                title: format!("heap {}", file.display()),
+                all_frames,
+            };
+            std::fs::write(&output, flamegraph_svg_with(&profile, &options))
                 .with_context(|| format!("writing {}", output.display()))?;
         }
         Command::Symbolize {

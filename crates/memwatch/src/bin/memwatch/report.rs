@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use memwatch::profile::{Profile, flamegraph_svg};
+use memwatch::profile::{FlameOptions, Profile, flamegraph_svg_with};
 use memwatch::{CaptureInfo, read_timeline, timeline_svg};
 
 use crate::advice::{OwnCodeArgs, write_advice};
@@ -43,6 +43,9 @@ pub(crate) struct ReportArgs {
     count: usize,
     #[command(flatten)]
     own: OwnCodeArgs,
+    /// Show every frame in the flame graph instead of collapsing async-runtime plumbing.
+    #[arg(long)]
+    all_frames: bool,
 }
 
 /// Prints the report and writes the SVGs and the symbolized pprof.
@@ -112,14 +115,17 @@ pub(crate) fn report(out: &mut impl Write, args: &ReportArgs) -> anyhow::Result<
         Err(err) => writeln!(out, "\nno diff against the previous capture: {err:#}")?,
     }
 
-    let title = format!(
-        "heap at {} ({})",
-        info.name,
-        info.trigger.as_deref().unwrap_or("capture")
-    );
+    let options = FlameOptions {
+        title: format!(
+            "heap at {} ({})",
+            info.name,
+            info.trigger.as_deref().unwrap_or("capture")
+        ),
+        all_frames: args.all_frames,
+    };
     write_file(
         &paths.flamegraph,
-        flamegraph_svg(profile, &title).as_bytes(),
+        flamegraph_svg_with(profile, &options).as_bytes(),
     )?;
     write_file(&paths.pprof, &profile.to_pprof_gzip())?;
     print_written(
