@@ -48,9 +48,11 @@ pub use alloc::{
     Allocator, DEFAULT_MALLOC_CONF, FOLD_THRESHOLD, MallocConf, allocated_bytes, dump_heap_profile,
     flush_thread, peek_peak, profiling_enabled, take_peak,
 };
-pub use backtrace::{BacktracePolicy, PolicyAction, apply_backtrace_policy};
+pub use backtrace::{
+    __apply_backtrace_policy_before_main, BacktracePolicy, PolicyAction, apply_backtrace_policy,
+};
 pub use cgroup::{CgroupMemory, CgroupVersion, cgroup_memory, cgroup_memory_at, memory_limit};
-pub use elf::{DebugSection, SymbolizationCost, debug_sections};
+pub use elf::{DebugSection, LibraryDebug, SymbolizationCost, debug_sections};
 pub use ladder::Trigger;
 pub use meta::CaptureInfo;
 pub use postmortem::{Postmortem, captures, postmortem, postmortem_with};

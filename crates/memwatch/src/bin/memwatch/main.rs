@@ -8,6 +8,7 @@
 //! memwatch flamegraph FILE [--binary BIN] [--all-frames] -o OUT.svg
 //! memwatch symbolize FILE --binary BIN -o OUT.pb.gz
 //! memwatch captures DIR
+//! memwatch cost BINARY
 //! memwatch report CAPTURE [--binary BIN] [--baseline CAPTURE|PROFILE] [-o DIR | --svg FILE]
 //!                [--library-crates LIST | --also-library LIST] [--all-frames]
 //! ```
@@ -73,6 +74,9 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// What printing one backtrace would cost a process running BINARY on this machine (its
+    /// DWARF and this machine's libc debug info), as the service's startup check estimates it.
+    Cost { binary: PathBuf },
     /// Lists the flight recorder's captures in a directory, oldest first.
     Captures {
         /// The recorder's capture directory (the parent of the `capture-*` directories).
@@ -152,6 +156,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let profile = load(&file, &symbols)?;
             std::fs::write(&output, profile.to_pprof_gzip())
                 .with_context(|| format!("writing {}", output.display()))?;
+        }
+        Command::Cost { binary } => {
+            let cost = memwatch::SymbolizationCost::of_binary_with_these_libraries(&binary)
+                .with_context(|| format!("reading {}", binary.display()))?;
+            writeln!(
+                out,
+                "{cost}\nestimated_bytes={} estimated_heap_bytes={}",
+                cost.estimated_bytes, cost.estimated_heap_bytes
+            )?;
         }
         Command::Captures { dir } => captures::list(&mut out, &dir)?,
         Command::Report(args) => report::report(&mut out, &args)?,
