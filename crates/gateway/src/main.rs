@@ -38,6 +38,11 @@ fn main() -> ExitCode {
     engine_gateway::logging::init(if serving { "info" } else { "warn" });
     if serving {
         tracing::info!(%policy, "backtrace policy");
+        // Library backtraces left on by the operator, with less headroom than one printed
+        // backtrace costs: said at start, with the figures, not found after an OOM kill.
+        if let Some(warning) = policy.startup_warning() {
+            tracing::warn!(%warning, "backtrace policy");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,9 +45,11 @@ pub use alloc::{
     Allocator, DEFAULT_MALLOC_CONF, FOLD_THRESHOLD, MallocConf, allocated_bytes, dump_heap_profile,
     flush_thread, peek_peak, profiling_enabled,
 };
-pub use backtrace::{BacktracePolicy, PolicyAction, apply_backtrace_policy};
+pub use backtrace::{
+    __apply_backtrace_policy_before_main, BacktracePolicy, PolicyAction, apply_backtrace_policy,
+};
 pub use cgroup::{CgroupMemory, CgroupVersion, cgroup_memory, cgroup_memory_at, memory_limit};
-pub use elf::{DebugSection, SymbolizationCost, debug_sections};
+pub use elf::{DebugSection, LibraryDebug, SymbolizationCost, debug_sections};
 pub use peaks::{allocated_peak, cgroup_usage_peak, peak_window, set_peak_window};
 #[cfg(feature = "tracing")]
 pub use recorder::log_with_tracing;

@@ -207,7 +207,11 @@ fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
 
 fn incident_is_captured_the_first_time(cgroup: &ChildCgroup) {
     let dir = tempfile::tempdir().unwrap();
-    let captures = dir.path().join("captures");
+    // MEMWATCH_TEST_KEEP=DIR keeps the incident's captures there, to read them by hand.
+    let captures = match std::env::var_os("MEMWATCH_TEST_KEEP") {
+        Some(keep) => PathBuf::from(keep),
+        None => dir.path().join("captures"),
+    };
     let (status, output, took) =
         run_child(cgroup, "incident", &captures, &[("RUST_BACKTRACE", "1")]);
     let kills = cgroup.oom_kills();
@@ -273,6 +277,66 @@ fn incident_is_captured_the_first_time(cgroup: &ChildCgroup) {
         symbolization * 4 > total,
         "std's backtrace symbolization should hold a large share: {symbolization} of {total}"
     );
+    report_names_mechanism_call_site_and_fix(&first.path, &dir.path().join("report"));
+}
+
+/// `memwatch report` on the incident's capture: its first screen (the first 24 lines) names
+/// the mechanism, the call site (`service::auth` at the `error!` line) and the fix; the
+/// symbolized pprof it writes keeps Rust names whole.
+fn report_names_mechanism_call_site_and_fix(capture: &Path, out_dir: &Path) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+        .arg("report")
+        .arg(capture)
+        .arg("-o")
+        .arg(out_dir)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen: Vec<&str> = report.lines().take(24).collect();
+    let screen = screen.join("\n");
+    println!("  report in {took:?}, first screen:\n{screen}");
+    let error_line = include_str!("recorder_oom.rs")
+        .lines()
+        .position(|l| l.contains("tracing::error!(\"auth failed"))
+        .unwrap()
+        + 1;
+    for expected in [
+        "what to change".to_string(),
+        "std backtrace symbolization under an error's Debug formatting".to_string(),
+        "anyhow::Error's Debug ({:?}) prints its backtrace".to_string(),
+        format!(
+            "call site  recorder_oom::service::auth at crates/memwatch/tests/recorder_oom.rs:{error_line} "
+        ),
+        "RUST_LIB_BACKTRACE=0".to_string(),
+        "memwatch::apply_backtrace_policy()".to_string(),
+    ] {
+        assert!(
+            screen.contains(&expected),
+            "first screen lacks {expected:?}:\n{screen}"
+        );
+    }
+    let pprof = memwatch::profile::Profile::read_file(&out_dir.join("heap.pb.gz")).unwrap();
+    let names: Vec<&str> = pprof
+        .locations
+        .iter()
+        .flat_map(|l| l.frames.iter().map(|f| f.function.as_str()))
+        .collect();
+    assert!(
+        names.contains(&"recorder_oom::service::auth"),
+        "the pprof names the call site"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("<gimli::read::")),
+        "Rust names keep their <…>"
+    );
 }
 
 /// The child of test 1: records, then allocates 1 MiB blocks until killed.
@@ -294,7 +358,8 @@ fn oom_burst() -> Vec<Vec<u8>> {
     held
 }
 
-/// The child of test 2: a service-like baseline, then errors whose `{:?}` symbolizes.
+/// The child of test 2: a service-like baseline, then a request whose auth failure is logged
+/// with `{:?}` from inside a tokio task, the way the incident's service did.
 fn child_incident() -> ExitCode {
     let dir = PathBuf::from(std::env::var_os(DIR_ENV).unwrap());
     // This test binary's debug info is small: symbolizing it costs ~+40 MiB where service
@@ -310,6 +375,10 @@ fn child_incident() -> ExitCode {
         .map(|_| black_box(vec![1u8; MIB as usize]))
         .collect();
     let recorder = memwatch::Recorder::start(config).unwrap();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     std::thread::sleep(Duration::from_millis(50));
     println!(
         "incident: baseline {} MiB allocated",
@@ -319,11 +388,18 @@ fn child_incident() -> ExitCode {
         println!("incident: debug info {cost}");
     }
     let started = Instant::now();
-    let err = handle_request(7).unwrap_err();
-    // The log line of the incident: Debug of an error with a captured backtrace.
-    eprintln!("request failed: {err:?}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        tokio::spawn(service::handle_request("stream-7", "expired-token"))
+            .await
+            .unwrap()
+    });
     println!(
-        "incident: first error printed after {:?}, allocated now {} MiB, peak {} MiB",
+        "incident: first error printed after {:?} (status {status}), allocated now {} MiB, peak {} MiB",
         started.elapsed(),
         memwatch::allocated_bytes().unwrap() / MIB,
         memwatch::peek_peak().unwrap() / MIB
@@ -332,15 +408,40 @@ fn child_incident() -> ExitCode {
     while recorder.status().captures_total == 0 && waited.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(5));
     }
+    drop(runtime);
     drop(baseline);
     ExitCode::SUCCESS
 }
 
-fn handle_request(id: u32) -> anyhow::Result<()> {
+/// The incident's service, in miniature: errors are `anyhow::Error`s with context, and the
+/// auth step logs its failures with `{:?}`.
+mod service {
     use anyhow::Context;
-    let path = format!("/nonexistent/stream/{id}");
-    std::fs::read(&path).with_context(|| format!("reading stream {id}"))?;
-    Ok(())
+
+    /// Answers one request: 401 when the token does not check out.
+    pub async fn handle_request(stream: &'static str, token: &'static str) -> u16 {
+        tokio::task::yield_now().await;
+        match auth(stream, token) {
+            Ok(()) => 204,
+            Err(_) => 401,
+        }
+    }
+
+    /// Checks the deployer's token; logs why when it does not.
+    pub fn auth(stream: &str, token: &str) -> anyhow::Result<()> {
+        let checked = check_token(token).with_context(|| format!("authenticating for {stream}"));
+        if let Err(err) = &checked {
+            // The log line of the incident: Debug of an error with a captured backtrace.
+            tracing::error!("auth failed: {:?}", err);
+        }
+        checked
+    }
+
+    fn check_token(token: &str) -> anyhow::Result<()> {
+        let path = format!("/nonexistent/tokens/{token}");
+        std::fs::read(&path).with_context(|| format!("reading {path}"))?;
+        Ok(())
+    }
 }
 
 fn unix_ms() -> u64 {

@@ -80,11 +80,45 @@ fn check_svg(path: &Path, contains: &str) {
         "{} lacks {contains}",
         path.display()
     );
+    // The flame graph's script (in CDATA) compares with `<`: markup is checked without it.
+    let markup = match svg.split_once("<![CDATA[") {
+        Some((head, rest)) => format!("{head}{}", rest.split_once("]]>").unwrap().1),
+        None => svg.clone(),
+    };
     assert_eq!(
-        svg.matches('<').count(),
-        svg.matches('>').count(),
+        markup.matches('<').count(),
+        markup.matches('>').count(),
         "unbalanced markup in {}",
         path.display()
+    );
+}
+
+/// The report's pprof is symbolized; when `go` is installed, `go tool pprof -top` reads it and
+/// keeps Rust names whole (pprof's C++ heuristic would cut `<…>` out of them).
+fn check_pprof(path: &Path) {
+    let profile = memwatch::profile::Profile::read_file(path).unwrap();
+    assert!(
+        profile
+            .locations
+            .iter()
+            .flat_map(|l| &l.frames)
+            .any(|f| f.function == "report::incident_burst" && f.file.is_some()),
+        "{} is symbolized",
+        path.display()
+    );
+    let go = Command::new("go")
+        .args(["tool", "pprof", "-top", "-nodecount=400"])
+        .arg(path)
+        .output();
+    let Some(go) = go.ok().filter(|o| o.status.success()) else {
+        println!("go tool pprof not available: pprof output checked by memwatch's reader only");
+        return;
+    };
+    let top = String::from_utf8_lossy(&go.stdout);
+    assert!(top.contains("report::incident_burst"), "{top}");
+    assert!(
+        top.lines().any(|l| l.contains(" <") && l.contains(">::")),
+        "names keep their <…>: {top}"
     );
 }
 
@@ -152,6 +186,25 @@ fn report_explains_a_real_capture_and_rejects_bad_input() {
         report.contains("trigger    share-50: allocated bytes reached 32.0 MiB"),
         "{report}"
     );
+    // The first screen: no known culprit here, and the burst is the heaviest own-code path,
+    // named with its file:line (relative to the working directory, this package's).
+    let screen: Vec<&str> = report.lines().take(24).collect();
+    assert!(screen[0].starts_with("capture-") && screen[0].contains("trigger share-50"));
+    assert!(screen.contains(&"what to change"), "{report}");
+    assert!(
+        screen.iter().any(|l| l.contains("no known culprit")),
+        "{report}"
+    );
+    let heavy = screen
+        .iter()
+        .skip_while(|l| !l.starts_with("heavy paths"))
+        .nth(2)
+        .unwrap();
+    assert!(
+        heavy.contains("report::incident_burst at tests/report.rs:"),
+        "{report}"
+    );
+    check_pprof(&out_dir.join("heap.pb.gz"));
     let top = report.split("top allocation sites").nth(1).unwrap();
     let first = top.lines().nth(2).unwrap();
     assert!(
@@ -168,6 +221,10 @@ fn report_explains_a_real_capture_and_rejects_bad_input() {
     check_svg(&out_dir.join("timeline.svg"), "fired 50 % = 32.0 MiB");
     check_svg(&out_dir.join("timeline.svg"), "earlier capture: share-25");
     check_svg(&out_dir.join("flamegraph.svg"), "incident_burst");
+    // Interactive (zoom, search), with file:line in the tooltips and the sampling rate.
+    check_svg(&out_dir.join("flamegraph.svg"), "function search(term)");
+    check_svg(&out_dir.join("flamegraph.svg"), "tests/report.rs:");
+    check_svg(&out_dir.join("flamegraph.svg"), "one sample per 512.0 KiB");
 
     // Without --binary: the binary recorded in the capture is this one, same build id.
     let svg = dir.path().join("chart.svg");

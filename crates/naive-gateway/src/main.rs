@@ -10,7 +10,12 @@
 //!
 //! ```text
 //! naive-gateway --listen 127.0.0.1:8081 --token SECRET
+//! RUST_BACKTRACE=1 naive-gateway --measure-symbolization
 //! ```
+//!
+//! `--measure-symbolization` prints what one `{:?}` of an error with a backtrace costs this
+//! binary (heap in use and RSS, before and after) and exits: the figure memwatch's
+//! symbolization estimate is checked against.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     let (mut listen, mut token) = (String::from("127.0.0.1:8081"), None);
     while let Some(flag) = args.next() {
         match flag.as_str() {
+            "--measure-symbolization" => return measure_symbolization(),
             "--listen" => listen = args.next().context("--listen needs an address")?,
             "--token" => token = Some(args.next().context("--token needs a value")?),
             other => bail!("unknown argument {other}"),
@@ -58,6 +64,49 @@ fn main() -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Formats one failed request's error with `{:?}` (symbolizing its backtrace when
+/// `RUST_BACKTRACE=1`) and prints heap and RSS before and after, in bytes.
+fn measure_symbolization() -> anyhow::Result<()> {
+    let before = (heap_in_use(), rss_bytes());
+    let request = Request {
+        method: "PATCH".into(),
+        path: "/streams/s".into(),
+        headers: HashMap::new(),
+        body: Vec::new(),
+    };
+    let err = authorize(&request, "secret").expect_err("no token is refused");
+    let printed = format!("{err:?}");
+    let after = (heap_in_use(), rss_bytes());
+    println!(
+        "symbolization heap_before={} heap_after={} rss_before={} rss_after={} printed_bytes={}",
+        before.0,
+        after.0,
+        before.1,
+        after.1,
+        printed.len()
+    );
+    Ok(())
+}
+
+/// glibc's heap bytes in use (`mallinfo2().uordblks` plus mmapped blocks).
+fn heap_in_use() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
+}
+
+/// `VmRSS` of this process in bytes, 0 when unreadable.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// An HTTP status carried as an error's context, so the handler knows what to answer.

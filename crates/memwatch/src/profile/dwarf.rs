@@ -12,6 +12,7 @@ use addr2line::gimli;
 use object::{Object, ObjectSection};
 
 use super::elf::{demangle, link_address, segments};
+use super::names::Qualifier;
 use super::{Frame, Profile, ProfileError};
 
 impl Profile {
@@ -43,6 +44,7 @@ impl Profile {
         let symbols = object.symbol_map();
 
         let mut named = 0;
+        let mut qualifier = Qualifier::default();
         for location in &mut self.locations {
             let Some(mapping) = location.mapping.filter(|m| targets.contains(m)) else {
                 continue;
@@ -53,7 +55,7 @@ impl Profile {
             };
             let mut frames = context
                 .as_ref()
-                .map(|c| dwarf_frames(c, address))
+                .map(|c| dwarf_frames(c, address, &mut qualifier))
                 .unwrap_or_default();
             // The symbol table has the full path of the outermost function; line-tables-only
             // DWARF names it without its module path.
@@ -153,8 +155,13 @@ fn dwarf_context<'a>(
         .map_err(|err| format!("bad DWARF: {err}"))
 }
 
-/// The frames at `address`, innermost inlined function first.
-fn dwarf_frames(context: &addr2line::Context<Reader<'_>>, address: u64) -> Vec<Frame> {
+/// The frames at `address`, innermost inlined function first, each with its full path (see
+/// [`Qualifier`] for line-tables-only DWARF's bare names).
+fn dwarf_frames(
+    context: &addr2line::Context<Reader<'_>>,
+    address: u64,
+    qualifier: &mut Qualifier,
+) -> Vec<Frame> {
     let mut out = Vec::new();
     let Ok(mut frames) = context.find_frames(address).skip_all_loads() else {
         return out;
@@ -170,6 +177,7 @@ fn dwarf_frames(context: &addr2line::Context<Reader<'_>>, address: u64) -> Vec<F
             .location
             .map(|l| (l.file.map(str::to_owned), l.line.unwrap_or(0)))
             .unwrap_or((None, 0));
+        let function = qualifier.qualify(function, file.as_deref());
         out.push(Frame {
             function,
             file,

@@ -15,19 +15,26 @@
 //! process minus one (a return address moved back into its call instruction); only
 //! [`Mapping`]s translate it into a file's addresses.
 
+mod advice;
 mod build;
 #[cfg(feature = "cli")]
 mod dwarf;
 mod elf;
 mod flamegraph;
+#[cfg(feature = "cli")]
+mod names;
 mod pprof;
 mod raw;
 mod report;
 
 use std::path::{Path, PathBuf};
 
-pub use flamegraph::flamegraph_svg;
-pub use report::{DiffRow, TopRow, diff, human_bytes, top};
+pub use advice::{
+    DEFAULT_LIBRARY_CRATES, Finding, HeavyPath, MIN_FINDING_SHARE, NO_OWN_FRAME, OwnCode, crate_of,
+    findings, heavy_paths,
+};
+pub use flamegraph::{COLLAPSED, FlameOptions, flamegraph_svg, flamegraph_svg_with};
+pub use report::{DiffRow, TopRow, diff, human_bytes, short_source, top};
 
 /// A heap profile: what is allocated now, by call stack, in estimated (unsampled) figures.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -74,7 +74,9 @@ impl Profile {
             m.clear();
             put_uint(&mut m, 1, i as u64 + 1);
             put_uint(&mut m, 2, name);
-            put_uint(&mut m, 3, name);
+            // No system_name: names are already demangled, and pprof's symbolizer re-demangles
+            // a function whose name equals its system name, cutting every `<…>` out of a Rust
+            // name with its C++ heuristic. A name with an empty system name is left alone.
             put_uint(&mut m, 4, file);
             put_bytes(&mut out, 5, &m);
         }

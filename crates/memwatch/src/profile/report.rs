@@ -136,6 +136,31 @@ fn unsymbolized(profile: &Profile, location: &Location) -> String {
     }
 }
 
+/// A source path as a person reads it: std's `/rustc/<hash>/library/…` as `library/…`,
+/// a registry crate's as `<crate>-<version>/…`, a file under `base` relative to it.
+pub fn short_source(path: &str, base: Option<&std::path::Path>) -> String {
+    if let Some(rest) = path.strip_prefix("/rustc/")
+        && let Some((_, rest)) = rest.split_once('/')
+    {
+        return rest.replace("std/src/../../", "");
+    }
+    if let Some(rest) = path.strip_prefix("/rust/deps/") {
+        return rest.to_owned();
+    }
+    if let Some((_, rest)) = path.split_once("/registry/src/")
+        && let Some((_, rest)) = rest.split_once('/')
+    {
+        return rest.to_owned();
+    }
+    if let Some(base) = base.and_then(|b| b.to_str())
+        && let Some(rest) = path.strip_prefix(base)
+        && let Some(rest) = rest.strip_prefix('/')
+    {
+        return rest.to_owned();
+    }
+    path.to_owned()
+}
+
 /// Bytes for people: `64.0 MiB`, `512 B`, `-1.5 KiB` (`{:+}` adds `+` to growth).
 pub fn human_bytes(bytes: i64) -> impl fmt::Display {
     struct Human(i64);
@@ -235,5 +260,24 @@ mod tests {
         assert_eq!(human_bytes(64 << 20).to_string(), "64.0 MiB");
         assert_eq!(human_bytes(512).to_string(), "512 B");
         assert_eq!(format!("{:+}", human_bytes(1536)), "+1.5 KiB");
+        let base = std::path::Path::new("/src/svc");
+        for (path, short) in [
+            (
+                "/rustc/5980/library/core/src/fmt/mod.rs:10",
+                "library/core/src/fmt/mod.rs:10",
+            ),
+            (
+                "/rust/deps/gimli-0.32.3/src/read/line.rs:1",
+                "gimli-0.32.3/src/read/line.rs:1",
+            ),
+            (
+                "/root/.cargo/registry/src/index-1/tokio-1.4.0/src/a.rs:2",
+                "tokio-1.4.0/src/a.rs:2",
+            ),
+            ("/src/svc/crates/a/src/lib.rs:3", "crates/a/src/lib.rs:3"),
+            ("/elsewhere/lib.rs:4", "/elsewhere/lib.rs:4"),
+        ] {
+            assert_eq!(short_source(path, Some(base)), short, "{path}");
+        }
     }
 }

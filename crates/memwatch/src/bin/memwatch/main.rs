@@ -5,12 +5,15 @@
 //! ```text
 //! memwatch top FILE [--binary BIN] [-n 20]
 //! memwatch diff BASE NEW [--binary BIN] [-n 20]
-//! memwatch flamegraph FILE [--binary BIN] -o OUT.svg
+//! memwatch flamegraph FILE [--binary BIN] [--all-frames] -o OUT.svg
 //! memwatch symbolize FILE --binary BIN -o OUT.pb.gz
 //! memwatch captures DIR
+//! memwatch cost BINARY
 //! memwatch report CAPTURE [--binary BIN] [--baseline CAPTURE|PROFILE] [-o DIR | --svg FILE]
+//!                [--library-crates LIST | --also-library LIST] [--all-frames]
 //! ```
 
+mod advice;
 mod captures;
 mod report;
 
@@ -20,7 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use memwatch::profile::{Profile, diff, flamegraph_svg, human_bytes, top};
+use memwatch::profile::{FlameOptions, Profile, diff, flamegraph_svg_with, human_bytes, top};
 
 /// Explain heap profiles offline.
 #[derive(Parser)]
@@ -56,9 +59,12 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         symbols: Symbols,
-        /// Where to write the SVG.
+        /// Where to write the SVG (interactive in a browser: click to zoom, Ctrl-F to search).
         #[arg(short = 'o', long)]
         output: PathBuf,
+        /// Show every frame instead of collapsing async-runtime and std plumbing.
+        #[arg(long)]
+        all_frames: bool,
     },
     /// Rewrites a profile as gzip pprof with file:line from the binary's debug info.
     Symbolize {
@@ -68,6 +74,9 @@ enum Command {
         #[arg(short = 'o', long)]
         output: PathBuf,
     },
+    /// What printing one backtrace would cost a process running BINARY on this machine (its
+    /// DWARF and this machine's libc debug info), as the service's startup check estimates it.
+    Cost { binary: PathBuf },
     /// Lists the flight recorder's captures in a directory, oldest first.
     Captures {
         /// The recorder's capture directory (the parent of the `capture-*` directories).
@@ -126,10 +135,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             symbols,
             output,
+            all_frames,
         } => {
             let profile = load(&file, &symbols)?;
-            let title = format!("heap {}", file.display());
-            std::fs::write(&output, flamegraph_svg(&profile, &title))
+            let options = FlameOptions {
+                title: format!("heap {}", file.display()),
+                all_frames,
+            };
+            std::fs::write(&output, flamegraph_svg_with(&profile, &options))
                 .with_context(|| format!("writing {}", output.display()))?;
         }
         Command::Symbolize {
@@ -143,6 +156,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let profile = load(&file, &symbols)?;
             std::fs::write(&output, profile.to_pprof_gzip())
                 .with_context(|| format!("writing {}", output.display()))?;
+        }
+        Command::Cost { binary } => {
+            let cost = memwatch::SymbolizationCost::of_binary_with_these_libraries(&binary)
+                .with_context(|| format!("reading {}", binary.display()))?;
+            writeln!(
+                out,
+                "{cost}\nestimated_bytes={} estimated_heap_bytes={}",
+                cost.estimated_bytes, cost.estimated_heap_bytes
+            )?;
         }
         Command::Captures { dir } => captures::list(&mut out, &dir)?,
         Command::Report(args) => report::report(&mut out, &args)?,
@@ -167,7 +189,16 @@ pub(crate) fn write_top(
     )?;
     let rows = top(profile).into_iter();
     for row in rows.filter(|r| !sites_only || r.flat_bytes > 0).take(count) {
-        let source = row.source.map(|s| format!(" ({s})")).unwrap_or_default();
+        let base = advice::base_dir();
+        let source = row
+            .source
+            .map(|s| {
+                format!(
+                    " ({})",
+                    memwatch::profile::short_source(&s, base.as_deref())
+                )
+            })
+            .unwrap_or_default();
         writeln!(
             out,
             "{:>12} {:>5.1}% {:>12} {:>5.1}%  {}{source}",

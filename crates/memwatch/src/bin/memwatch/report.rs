@@ -1,6 +1,8 @@
-//! `memwatch report CAPTURE`: one capture explained offline — its metadata, the top
-//! allocation sites symbolized with the binary that ran, the diff against the previous capture
-//! (or a baseline), and SVGs of the timeline and of the heap.
+//! `memwatch report CAPTURE`: one capture explained offline. Its first screen says what to
+//! change (known culprits: mechanism, call site, fix) and where the memory is by the
+//! service's own frames; then the capture's metadata, the top allocation sites symbolized with
+//! the binary that ran, the diff against the previous capture (or a baseline); and it writes
+//! the timeline chart, an interactive flame graph and the heap as symbolized pprof.
 //!
 //! The binary: `--binary`, else the path recorded in `meta.txt` when it still exists. Either
 //! must have the build id recorded in the capture; a different build is refused (`--binary`)
@@ -10,10 +12,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use memwatch::profile::{Profile, flamegraph_svg};
+use memwatch::profile::{FlameOptions, Profile, flamegraph_svg_with};
 use memwatch::{CaptureInfo, read_timeline, timeline_svg};
 
-use crate::captures::summary;
+use crate::advice::{OwnCodeArgs, write_advice};
+use crate::captures::{bytes, summary};
 use crate::{Symbols, write_diff, write_top};
 
 #[derive(clap::Args)]
@@ -38,9 +41,14 @@ pub(crate) struct ReportArgs {
     /// How many functions to show in the top and diff tables.
     #[arg(short = 'n', long, default_value_t = 15)]
     count: usize,
+    #[command(flatten)]
+    own: OwnCodeArgs,
+    /// Show every frame in the flame graph instead of collapsing async-runtime plumbing.
+    #[arg(long)]
+    all_frames: bool,
 }
 
-/// Prints the report and writes the SVGs.
+/// Prints the report and writes the SVGs and the symbolized pprof.
 pub(crate) fn report(out: &mut impl Write, args: &ReportArgs) -> anyhow::Result<()> {
     let info = CaptureInfo::open(&args.capture)?;
     if !info.complete {
@@ -54,6 +62,16 @@ pub(crate) fn report(out: &mut impl Write, args: &ReportArgs) -> anyhow::Result<
         Some(path) => Some(read_timeline(path)?),
         None => None,
     };
+    let profile = match &info.heap_profile {
+        Some(heap) => Some(load_capture(heap, &info, binary.as_deref())?),
+        None => None,
+    };
+    headline(out, &info)?;
+    if let Some(profile) = &profile {
+        writeln!(out)?;
+        write_advice(out, profile, &args.own.own_code())?;
+    }
+    writeln!(out)?;
     summary(out, &info, timeline.as_ref())?;
     match &binary {
         Some(b) => writeln!(out, "symbols    from {}", b.display())?,
@@ -63,31 +81,30 @@ pub(crate) fn report(out: &mut impl Write, args: &ReportArgs) -> anyhow::Result<
         )?,
     }
 
-    let (timeline_path, flame_path) = output_paths(args, &info)?;
+    let paths = output_paths(args, &info)?;
     if let Some(t) = &timeline {
         let others = memwatch::captures(parent(&info.path)).unwrap_or_default();
-        write_file(&timeline_path, &timeline_svg(t, &info, &others))?;
+        write_file(&paths.timeline, timeline_svg(t, &info, &others).as_bytes())?;
     }
-    let Some(heap) = &info.heap_profile else {
+    let Some(profile) = &profile else {
         writeln!(
             out,
             "\nno heap profile in this capture ({})",
             info.heap_profile_error.as_deref().unwrap_or("none written")
         )?;
-        print_written(out, timeline.as_ref().map(|_| &timeline_path), None)?;
+        print_written(out, timeline.as_ref().map(|_| &paths.timeline), None)?;
         return Ok(());
     };
-    let profile = load_capture(heap, &info, binary.as_deref())?;
     writeln!(
         out,
         "\ntop allocation sites (live memory at the capture, estimated from samples)"
     )?;
-    write_top(out, &profile, args.count, true)?;
+    write_top(out, profile, args.count, true)?;
 
     match baseline(args, &info, binary.as_deref()) {
         Ok(Some((label, base))) => {
             writeln!(out, "\ndiff against {label}")?;
-            write_diff(out, &base, &profile, args.count)?;
+            write_diff(out, &base, profile, args.count)?;
         }
         Ok(None) => writeln!(
             out,
@@ -98,17 +115,50 @@ pub(crate) fn report(out: &mut impl Write, args: &ReportArgs) -> anyhow::Result<
         Err(err) => writeln!(out, "\nno diff against the previous capture: {err:#}")?,
     }
 
-    let title = format!(
-        "heap at {} ({})",
-        info.name,
-        info.trigger.as_deref().unwrap_or("capture")
-    );
-    write_file(&flame_path, &flamegraph_svg(&profile, &title))?;
+    let options = FlameOptions {
+        title: format!(
+            "heap at {} ({})",
+            info.name,
+            info.trigger.as_deref().unwrap_or("capture")
+        ),
+        all_frames: args.all_frames,
+    };
+    write_file(
+        &paths.flamegraph,
+        flamegraph_svg_with(profile, &options).as_bytes(),
+    )?;
+    write_file(&paths.pprof, &profile.to_pprof_gzip())?;
     print_written(
         out,
-        timeline.as_ref().map(|_| &timeline_path),
-        Some(&flame_path),
+        timeline.as_ref().map(|_| &paths.timeline),
+        Some(&paths),
     )
+}
+
+/// One line: which capture, when, why, how full.
+fn headline(out: &mut impl Write, c: &CaptureInfo) -> std::io::Result<()> {
+    write!(out, "{}", c.name)?;
+    if let Some(ms) = c.unix_ms {
+        write!(out, " at {} UTC", memwatch::utc_timestamp(ms))?;
+    }
+    write!(
+        out,
+        ", trigger {}",
+        c.trigger.as_deref().unwrap_or("unknown")
+    )?;
+    if let Some(allocated) = c.allocated_bytes {
+        write!(out, ", allocated {}", bytes(allocated))?;
+    }
+    if let (Some(usage), Some(limit)) = (c.cgroup_usage_bytes, c.cgroup_limit_bytes) {
+        write!(
+            out,
+            ", cgroup {} of {} ({:.0} %)",
+            bytes(usage),
+            bytes(limit),
+            usage as f64 * 100.0 / limit.max(1) as f64
+        )?;
+    }
+    writeln!(out)
 }
 
 /// The binary to symbolize with, checked against the capture's build id.
@@ -248,41 +298,65 @@ fn baseline(
     Ok(Some((label, profile)))
 }
 
-/// Where the timeline chart and the flame graph go.
-fn output_paths(args: &ReportArgs, info: &CaptureInfo) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Where the report's files go.
+struct OutputPaths {
+    timeline: PathBuf,
+    flamegraph: PathBuf,
+    /// The capture's heap profile, symbolized, as gzip pprof (`go tool pprof` reads it).
+    pprof: PathBuf,
+}
+
+fn output_paths(args: &ReportArgs, info: &CaptureInfo) -> anyhow::Result<OutputPaths> {
     if let Some(svg) = &args.svg {
         let stem = svg
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("timeline");
-        let flame = svg.with_file_name(format!("{stem}-flamegraph.svg"));
-        return Ok((svg.clone(), flame));
+        return Ok(OutputPaths {
+            timeline: svg.clone(),
+            flamegraph: svg.with_file_name(format!("{stem}-flamegraph.svg")),
+            pprof: svg.with_file_name(format!("{stem}-heap.pb.gz")),
+        });
     }
     let dir = args
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}-report", info.name)));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok((dir.join("timeline.svg"), dir.join("flamegraph.svg")))
+    Ok(OutputPaths {
+        timeline: dir.join("timeline.svg"),
+        flamegraph: dir.join("flamegraph.svg"),
+        pprof: dir.join("heap.pb.gz"),
+    })
 }
 
 fn print_written(
     out: &mut impl Write,
     timeline: Option<&PathBuf>,
-    flame: Option<&PathBuf>,
+    heap: Option<&OutputPaths>,
 ) -> anyhow::Result<()> {
     writeln!(out)?;
     match timeline {
         Some(path) => writeln!(out, "timeline chart  {}", path.display())?,
         None => writeln!(out, "timeline chart  none (the capture has no timeline)")?,
     }
-    if let Some(path) = flame {
-        writeln!(out, "flame graph     {}", path.display())?;
+    if let Some(paths) = heap {
+        writeln!(
+            out,
+            "flame graph     {} (open in a browser: click to zoom, Ctrl-F to search)",
+            paths.flamegraph.display()
+        )?;
+        writeln!(
+            out,
+            "pprof           {} (symbolized: go tool pprof -top {})",
+            paths.pprof.display(),
+            paths.pprof.display()
+        )?;
     }
     Ok(())
 }
 
-fn write_file(path: &Path, content: &str) -> anyhow::Result<()> {
+fn write_file(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))
 }
 
