@@ -8,11 +8,23 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::StoreOverrides;
+use crate::config::units::ByteSize;
+use crate::logging::LogFormat;
 
 /// Authenticated, resumable byte streams into a durable store.
 #[derive(Debug, Parser)]
 #[command(name = "engine-gateway", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log lines as `text` (for people) or `json` (one object per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "ENGINE_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,12 +56,13 @@ pub struct ServeArgs {
     /// Connections served at once; more are answered 503.
     #[arg(long, env = "ENGINE_GATEWAY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Body bytes held in memory at once, all connections together.
-    #[arg(long, env = "ENGINE_GATEWAY_INFLIGHT_BYTES", value_name = "BYTES")]
-    pub inflight_bytes: Option<usize>,
-    /// Memory limit in bytes for the soft limit and the flight recorder [default: the cgroup's].
-    #[arg(long, env = "ENGINE_GATEWAY_MEMORY_LIMIT", value_name = "BYTES")]
-    pub memory_limit: Option<u64>,
+    /// Body bytes held in memory at once, all connections together (e.g. 16MiB).
+    #[arg(long, env = "ENGINE_GATEWAY_INFLIGHT_BYTES", value_name = "SIZE")]
+    pub inflight_bytes: Option<ByteSize>,
+    /// Memory limit for the soft limit and the flight recorder, e.g. 256MiB [default: the
+    /// cgroup's].
+    #[arg(long, env = "ENGINE_GATEWAY_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
     #[command(flatten)]
     pub store: StoreArgs,
 }

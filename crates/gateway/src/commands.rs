@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
 use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand, TokenStoreArgs};
 use crate::client::{self, BaseUrl, CatOptions, ClientError, Input, PushOptions};
+use crate::config::units::ByteSize;
 use crate::config::{Config, Overrides, StoreConfig, load_store};
 use crate::stream_id::StreamId;
 
@@ -22,8 +23,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         config: args.config,
         max_connections: args.max_connections,
-        inflight_bytes: args.inflight_bytes,
-        memory_limit: args.memory_limit,
+        inflight_bytes: args
+            .inflight_bytes
+            .map(|size| usize::try_from(size.bytes()).unwrap_or(usize::MAX)),
+        memory_limit: args.memory_limit.map(ByteSize::bytes),
         store: args.store.overrides(),
     })?;
     let listener = TcpListener::bind(config.listen)

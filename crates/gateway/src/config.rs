@@ -2,6 +2,7 @@
 //! [`Config`]. Flags and `ENGINE_GATEWAY_*` variables win over the file, the file over defaults.
 
 mod store;
+pub mod units;
 
 pub use store::{DEFAULT_NATS_STARTUP_TIMEOUT, StoreConfig, StoreOverrides};
 
@@ -35,6 +36,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Bytes; `None` takes the cgroup's limit (a larger value is capped by the cgroup's).
+    #[serde(deserialize_with = "units::deserialize_opt_size")]
     pub limit_bytes: Option<u64>,
     /// Whether the flight recorder runs (it needs a limit, from the cgroup or `limit_bytes`).
     pub recorder: bool,
@@ -116,9 +118,12 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_connections: Option<usize>,
-    inflight_bytes: Option<usize>,
-    chunk_bytes: Option<usize>,
-    max_header_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "units::deserialize_opt_size")]
+    inflight_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "units::deserialize_opt_size")]
+    chunk_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "units::deserialize_opt_size")]
+    max_header_bytes: Option<u64>,
     header_timeout_secs: Option<u64>,
     body_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
@@ -153,7 +158,7 @@ impl Config {
             server.max_connections = n;
         }
         if let Some(n) = limits.max_header_bytes {
-            server.max_header_bytes = n;
+            server.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(s) = limits.header_timeout_secs {
             server.header_timeout = Duration::from_secs(s);
@@ -162,14 +167,16 @@ impl Config {
             server.drain_timeout = Duration::from_secs(s);
         }
         if let Some(n) = limits.chunk_bytes {
-            handler.chunk_bytes = n;
+            handler.chunk_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(s) = limits.body_timeout_secs {
             handler.body_timeout = Duration::from_secs(s);
         }
         let inflight_bytes = overrides
             .inflight_bytes
-            .or(limits.inflight_bytes)
+            .or(limits
+                .inflight_bytes
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
             .unwrap_or(DEFAULT_INFLIGHT_BYTES);
         let mut memory = file.memory;
         if let Some(limit) = overrides.memory_limit {
@@ -305,6 +312,28 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("timeline_fine_seconds"), "{err:#}");
+
+        std::fs::write(
+            &file,
+            "[limits]\ninflight_bytes = \"32MiB\"\nchunk_bytes = 65536\n[memory]\nlimit_bytes = \"256 MiB\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.inflight_bytes, 32 << 20);
+        assert_eq!(config.handler.chunk_bytes, 64 << 10);
+        assert_eq!(config.memory.limit_bytes, Some(256 << 20));
+
+        std::fs::write(&file, "[limits]\ninflight_bytes = \"32 parsecs\"\n").unwrap();
+        let err = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a size"), "{err:#}");
 
         std::fs::write(&file, "[limits]\nmax_conections = 7\n").unwrap();
         let err = Config::load(Overrides {

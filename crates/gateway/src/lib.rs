@@ -13,5 +13,6 @@ pub mod http;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod process_metrics;
 pub mod store;
 pub mod stream_id;

@@ -10,6 +10,7 @@ use clap::Parser;
 
 use engine_gateway::cli::{Cli, Command};
 use engine_gateway::commands;
+use engine_gateway::logging::LogFormat;
 
 /// jemalloc, counted at the allocator, with sampled heap profiling on by default.
 #[cfg(not(feature = "plain-jemalloc"))]
@@ -35,7 +36,8 @@ fn main() -> ExitCode {
     let policy = memwatch::apply_backtrace_policy();
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
-    engine_gateway::logging::init(if serving { "info" } else { "warn" });
+    let log_format = cli.log_format;
+    engine_gateway::logging::init(if serving { "info" } else { "warn" }, log_format);
     if serving {
         tracing::info!(%policy, "backtrace policy");
     }
@@ -49,7 +51,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            fatal(
+                serving || log_format == LogFormat::Json,
+                &format_args!("cannot start the async runtime: {err}"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -66,8 +71,21 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            fatal(
+                serving || log_format == LogFormat::Json,
+                &format_args!("{err:#}"),
+            );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A fatal error: one structured log line for the gateway (and with `--log-format json`), the
+/// plain `error: …` line a person at a terminal expects from the client commands.
+fn fatal(structured: bool, error: &dyn std::fmt::Display) {
+    if structured {
+        engine_gateway::logging::fatal(error);
+    } else {
+        eprintln!("error: {error}");
     }
 }

@@ -52,6 +52,15 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Ok(snapshot) = tokio::task::spawn_blocking(memwatch::snapshot).await {
         memwatch::write_prometheus(&snapshot, &mut out);
     }
+    if let Ok(process) = tokio::task::spawn_blocking(|| {
+        let mut text = String::with_capacity(1024);
+        crate::process_metrics::write(&mut text);
+        text
+    })
+    .await
+    {
+        out.push_str(&process);
+    }
     state.memory.write_metrics(&mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(
