@@ -4,12 +4,18 @@
 //! configurations and runs them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::StoreOverrides;
 use crate::config::units::ByteSize;
 use crate::logging::LogFormat;
+
+/// A duration flag: a number with ms, s, m, h or d; a bare number is seconds.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    crate::config::units::parse_duration(text, Duration::from_secs(1))
+}
 
 /// Authenticated, resumable byte streams into a durable store.
 #[derive(Debug, Parser)]
@@ -63,6 +69,11 @@ pub struct ServeArgs {
     /// cgroup's].
     #[arg(long, env = "ENGINE_GATEWAY_MEMORY_LIMIT", value_name = "SIZE")]
     pub memory_limit: Option<ByteSize>,
+    /// After SIGTERM, how long /readyz answers 503 while everything still serves, before the
+    /// listener closes (load balancers need a moment to stop sending), e.g. 5s; SIGINT skips
+    /// it [default: 5s].
+    #[arg(long, env = "ENGINE_GATEWAY_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = parse_seconds)]
+    pub shutdown_delay: Option<Duration>,
     #[command(flatten)]
     pub store: StoreArgs,
 }

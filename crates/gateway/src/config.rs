@@ -29,6 +29,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Embedded or NATS JetStream.
     pub store: StoreConfig,
+    /// After SIGTERM, how long `/readyz` answers 503 while everything still serves.
+    pub shutdown_delay: Duration,
 }
 
 /// The memory limit, the flight recorder and the soft limit (memwatch).
@@ -95,6 +97,7 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     pub inflight_bytes: Option<usize>,
     pub memory_limit: Option<u64>,
+    pub shutdown_delay: Option<Duration>,
     pub store: StoreOverrides,
 }
 
@@ -127,11 +130,15 @@ struct FileLimits {
     header_timeout_secs: Option<u64>,
     body_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
+    shutdown_delay_secs: Option<u64>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 const DEFAULT_INFLIGHT_BYTES: usize = 16 * 1024 * 1024;
+/// Long enough for a Kubernetes Service to drop the endpoint (readiness probe period plus
+/// endpoint propagation), short against the default 30 s termination grace period.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
 impl Config {
     /// Builds the configuration from overrides and, if named, the config file.
@@ -182,6 +189,10 @@ impl Config {
         if let Some(limit) = overrides.memory_limit {
             memory.limit_bytes = Some(limit);
         }
+        let shutdown_delay = overrides
+            .shutdown_delay
+            .or(limits.shutdown_delay_secs.map(Duration::from_secs))
+            .unwrap_or(DEFAULT_SHUTDOWN_DELAY);
         let store = store::resolve(overrides.store, file.store, file.nats)?;
         let config = Config {
             listen,
@@ -192,6 +203,7 @@ impl Config {
             jwt: file.jwt,
             memory,
             store,
+            shutdown_delay,
         };
         config.validate()?;
         Ok(config)

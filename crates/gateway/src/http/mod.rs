@@ -61,8 +61,11 @@ pub struct AppState {
     pub budget: ByteBudget,
     pub metrics: Arc<Metrics>,
     pub limits: HandlerLimits,
-    /// Turns true when the gateway is shutting down: followers end, readiness fails.
+    /// Turns true when the gateway stops serving (the listener closes): followers end.
     pub shutdown: watch::Receiver<bool>,
+    /// Turns true when a stop is requested, `shutdown_delay` before `shutdown`: readiness
+    /// fails so load balancers stop sending, while everything still serves.
+    pub draining: watch::Receiver<bool>,
     /// Flight recorder and soft limit.
     pub memory: Arc<MemoryWatch>,
 }

@@ -17,7 +17,7 @@ pub async fn healthz() -> Response {
 
 /// `GET /readyz`: the gateway takes new work (store writable, not shutting down).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    if *state.shutdown.borrow() {
+    if *state.draining.borrow() || *state.shutdown.borrow() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

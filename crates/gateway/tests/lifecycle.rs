@@ -1,0 +1,141 @@
+//! The gateway as a supervisor sees it: a Kubernetes-shaped stop (readiness fails first, the
+//! port closes after the delay), exit codes, and JSON log lines a log shipper parses.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Gateway, request};
+
+#[test]
+fn sigterm_fails_readiness_before_the_port_closes() {
+    let mut gw = Gateway::start_with(&["--shutdown-delay", "1500ms"], None);
+    let token = gw.admin_token();
+    assert_eq!(gw.request("GET", "/readyz", None, &[], b"").status, 200);
+    let signalled = Instant::now();
+    gw.signal_term();
+    // A probe loop, as a kubelet or load balancer runs it: readiness must fail while the
+    // gateway still answers everything else.
+    let mut saw_not_ready = None;
+    let mut served_while_draining = false;
+    let mut closed_at = None;
+    while signalled.elapsed() < Duration::from_secs(15) {
+        let ready = std::panic::catch_unwind(|| request(gw.addr, "GET", "/readyz", None, &[], b""));
+        match ready {
+            Ok(response) if response.status == 503 => {
+                assert_eq!(response.code(), "unavailable", "{}", response.text());
+                saw_not_ready.get_or_insert(signalled.elapsed());
+                if !served_while_draining {
+                    let append = gw.append(&token, "acme/prod/drain", 0, b"still taken\n");
+                    assert_eq!(append.status, 204, "{}", append.text());
+                    served_while_draining = true;
+                }
+            }
+            Ok(response) => assert_eq!(response.status, 200, "{}", response.text()),
+            Err(_) => {
+                closed_at = Some(signalled.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let not_ready = saw_not_ready.expect("/readyz never answered 503 before the port closed");
+    let closed = closed_at.expect("the port did not close");
+    assert!(served_while_draining);
+    assert!(
+        closed >= Duration::from_millis(1400) && closed > not_ready,
+        "readiness failed at {not_ready:?}, the port closed at {closed:?}"
+    );
+    assert_eq!(gw.wait_exit(), Some(0), "{}", gw.log());
+    let log = gw.log();
+    assert!(log.contains("/readyz answers 503"), "{log}");
+}
+
+#[test]
+fn exit_codes_tell_config_and_store_failures_apart() {
+    // Invalid configuration: exit 2, one fatal line.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--inflight-bytes",
+            "12 parsecs",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(&config, "[limits]\nchunk_bytes = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--config",
+        ])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let fatal = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line in {stderr}"));
+    assert!(
+        fatal["error"].as_str().unwrap().contains("chunk_bytes"),
+        "{fatal}"
+    );
+
+    // The store cannot open (another gateway holds its directory): exit 3.
+    let gw = Gateway::start();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(gw.data_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut gw = Gateway::start_with(&["--log-format", "json"], None);
+    let token = gw.admin_token();
+    assert_eq!(gw.append(&token, "acme/prod/json", 0, b"x").status, 204);
+    assert_eq!(gw.terminate(), Some(0));
+    let log = gw.log();
+    let mut messages = Vec::new();
+    for line in log.lines() {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not a JSON line ({err}): {line}"));
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(value[key].is_string(), "{key} missing in {line}");
+        }
+        messages.push(value["message"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("listening")),
+        "{messages:?}"
+    );
+    let listening = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|v| v["message"].as_str().unwrap().contains("listening"))
+        .unwrap();
+    // Fields sit beside the message, not nested.
+    assert_eq!(listening["address"], gw.addr.to_string(), "{listening}");
+}
