@@ -139,3 +139,60 @@ fn json_logs_are_one_object_per_line() {
     // Fields sit beside the message, not nested.
     assert_eq!(listening["address"], gw.addr.to_string(), "{listening}");
 }
+
+#[test]
+fn metrics_have_process_series_and_pass_promtool() {
+    let gw = Gateway::start();
+    let token = gw.admin_token();
+    assert_eq!(gw.append(&token, "acme/prod/m", 0, b"x").status, 204);
+    assert_eq!(
+        gw.request("GET", "/v1/streams/acme/prod/nope", Some(&token), &[], b"")
+            .status,
+        404
+    );
+    let text = gw.request("GET", "/metrics", None, &[], b"").text();
+    for series in [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+        "engine_gateway_build_info{version=\"",
+    ] {
+        assert!(text.contains(series), "{series} missing from /metrics");
+    }
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match promtool {
+        Ok(child) => child,
+        Err(err) => {
+            assert!(
+                std::env::var_os("REQUIRE_PROMTOOL").is_none(),
+                "promtool is required (REQUIRE_PROMTOOL is set) but cannot run: {err}"
+            );
+            eprintln!("promtool not found: the exposition is not linted here");
+            return;
+        }
+    };
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+}
