@@ -46,6 +46,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map(|size| usize::try_from(size.bytes()).unwrap_or(usize::MAX)),
         memory_limit: args.memory_limit.map(ByteSize::bytes),
         shutdown_delay: args.shutdown_delay,
+        settings: {
+            let mut settings = crate::config::overlay::from_env(std::env::vars());
+            settings.extend(args.set);
+            settings
+        },
         store: args.store.overrides(),
     }) {
         Ok(config) => config,

@@ -1,6 +1,7 @@
 //! Configuration: raw inputs (flags, environment, a TOML file) folded into one validated
 //! [`Config`]. Flags and `ENGINE_GATEWAY_*` variables win over the file, the file over defaults.
 
+pub mod overlay;
 mod store;
 pub mod units;
 
@@ -98,6 +99,9 @@ pub struct Overrides {
     pub inflight_bytes: Option<usize>,
     pub memory_limit: Option<u64>,
     pub shutdown_delay: Option<Duration>,
+    /// File settings given as `ENGINE_GATEWAY_<SECTION>__<KEY>` variables and `--set` flags
+    /// (see [`overlay`]), applied in order over the file.
+    pub settings: Vec<overlay::Setting>,
     pub store: StoreOverrides,
 }
 
@@ -143,10 +147,7 @@ pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 impl Config {
     /// Builds the configuration from overrides and, if named, the config file.
     pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
-        let file = match &overrides.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
+        let file = read_file(overrides.config.as_deref(), &overrides.settings)?;
         let listen = overrides
             .listen
             .or(file.listen)
@@ -264,17 +265,32 @@ impl Config {
 /// The store choice alone, for the `token` commands: flags and environment over the `store`
 /// and `[nats]` values of the config file, if one is named.
 pub fn load_store(config: Option<&Path>, overrides: StoreOverrides) -> anyhow::Result<StoreConfig> {
-    let file = match config {
-        Some(path) => read_file(path)?,
-        None => FileConfig::default(),
-    };
+    let settings = overlay::from_env(std::env::vars());
+    let file = read_file(config, &settings)?;
     store::resolve(overrides, file.store, file.nats)
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+/// The file's settings (none without a file) with `settings` put over them, checked.
+fn read_file(path: Option<&Path>, settings: &[overlay::Setting]) -> anyhow::Result<FileConfig> {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            text.parse::<toml::Table>()
+                .with_context(|| format!("config file {} is not valid", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    overlay::apply(&mut table, settings)?;
+    table.try_into().with_context(|| {
+        let mut sources: Vec<String> = path.map(|p| p.display().to_string()).into_iter().collect();
+        sources.extend(settings.iter().map(|s| s.origin.clone()));
+        if sources.is_empty() {
+            "the configuration is not valid".to_owned()
+        } else {
+            format!("the configuration ({}) is not valid", sources.join(", "))
+        }
+    })
 }
 
 #[cfg(test)]
