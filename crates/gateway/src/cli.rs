@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// it [default: 5s].
     #[arg(long, env = "ENGINE_GATEWAY_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = parse_seconds)]
     pub shutdown_delay: Option<Duration>,
+    /// Log every request (method, route, status, error code, bytes, duration, org, token id)
+    /// on target engine_gateway::access.
+    #[arg(long, env = "ENGINE_GATEWAY_ACCESS_LOG", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub access_log: Option<bool>,
     /// Any setting of the config file, as section.key=value (repeatable), e.g.
     /// `--set limits.body_timeout_secs=10`; also `ENGINE_GATEWAY_<SECTION>__<KEY>=value`.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = crate::config::overlay::from_flag)]

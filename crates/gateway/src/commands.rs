@@ -46,6 +46,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map(|size| usize::try_from(size.bytes()).unwrap_or(usize::MAX)),
         memory_limit: args.memory_limit.map(ByteSize::bytes),
         shutdown_delay: args.shutdown_delay,
+        access_log: args.access_log,
         settings: {
             let mut settings = crate::config::overlay::from_env(std::env::vars());
             settings.extend(args.set);

@@ -32,6 +32,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// After SIGTERM, how long `/readyz` answers 503 while everything still serves.
     pub shutdown_delay: Duration,
+    /// One log line per request (target `engine_gateway::access`).
+    pub access_log: bool,
 }
 
 /// The memory limit, the flight recorder and the soft limit (memwatch).
@@ -99,6 +101,7 @@ pub struct Overrides {
     pub inflight_bytes: Option<usize>,
     pub memory_limit: Option<u64>,
     pub shutdown_delay: Option<Duration>,
+    pub access_log: Option<bool>,
     /// File settings given as `ENGINE_GATEWAY_<SECTION>__<KEY>` variables and `--set` flags
     /// (see [`overlay`]), applied in order over the file.
     pub settings: Vec<overlay::Setting>,
@@ -111,6 +114,7 @@ pub struct Overrides {
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    access_log: Option<bool>,
     #[serde(default)]
     limits: FileLimits,
     jwt: Option<JwtConfig>,
@@ -205,6 +209,7 @@ impl Config {
             memory,
             store,
             shutdown_delay,
+            access_log: overrides.access_log.or(file.access_log).unwrap_or(false),
         };
         config.validate()?;
         Ok(config)

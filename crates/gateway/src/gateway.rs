@@ -121,6 +121,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         draining,
         memory: Arc::new(memory),
+        access_log: config.access_log,
     });
     let address = listener
         .local_addr()

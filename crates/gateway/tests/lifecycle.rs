@@ -196,3 +196,54 @@ fn metrics_have_process_series_and_pass_promtool() {
         "promtool check metrics: {complaints}"
     );
 }
+
+#[test]
+fn access_log_explains_refusals_without_secrets() {
+    let mut gw = Gateway::start_with(&["--access-log", "--log-format", "json"], None);
+    let token = gw.admin_token();
+    assert_eq!(
+        gw.append(&token, "acme/prod/a", 0, b"0123456789").status,
+        204
+    );
+    let wrong = gw.append(&token, "acme/prod/a", 3, b"xyz");
+    assert_eq!(wrong.status, 409);
+    let anonymous = gw.request("GET", "/v1/streams/acme/prod/a", None, &[], b"");
+    assert_eq!(anonymous.status, 401);
+    let read = gw.request(
+        "GET",
+        "/v1/streams/acme/prod/a?offset=0",
+        Some(&token),
+        &[],
+        b"",
+    );
+    assert_eq!(read.body, b"0123456789");
+    assert_eq!(gw.terminate(), Some(0));
+    let log = gw.log();
+    // `egw_<16 hex id>_<secret>`.
+    let secret = &token["egw_0123456789abcdef_".len()..];
+    assert!(!log.contains(secret), "a token secret reached the log");
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| v["target"] == "engine_gateway::access")
+        .collect();
+    let find = |status: u64| {
+        access
+            .iter()
+            .find(|v| v["status"] == status && v["route"] == "stream")
+            .unwrap_or_else(|| panic!("no access line with status {status}: {access:?}"))
+    };
+    let created = find(204);
+    assert_eq!(created["method"], "PATCH");
+    assert_eq!(created["route"], "stream");
+    assert_eq!(created["bytes_in"], 10);
+    assert_eq!(created["org"], "acme");
+    let token_id = token.split('_').nth(1).unwrap();
+    assert_eq!(created["token"], token_id);
+    assert!(created["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(find(409)["code"], "offset_mismatch");
+    let refused = find(401);
+    assert_eq!(refused["code"], "missing_token");
+    assert_eq!(refused["token"], "none");
+    assert_eq!(find(200)["bytes_out"], 10, "{access:?}");
+}

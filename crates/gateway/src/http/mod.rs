@@ -4,6 +4,7 @@
 //! so tests can drive it with `oneshot`. Limits that need the socket (connection cap, header
 //! timeout, header size) live in `server`.
 
+mod access_log;
 mod debug;
 mod error;
 mod ops;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub draining: watch::Receiver<bool>,
     /// Flight recorder and soft limit.
     pub memory: Arc<MemoryWatch>,
+    /// Whether every request is logged (`--access-log`).
+    pub access_log: bool,
 }
 
 /// The router of the whole API.
@@ -76,7 +79,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .head(streams::head)
         .patch(streams::append)
         .delete(streams::delete);
-    Router::new()
+    let access_log = state.access_log;
+    let router = Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{*id}", stream_routes)
         .route("/healthz", get(ops::healthz))
@@ -86,8 +90,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/debug/pprof/heap", get(pprof::heap))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe));
+    // Outermost, so it also sees the soft limit's refusals.
+    let router = if access_log {
+        router.layer(middleware::from_fn(access_log::log_access))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 async fn fallback() -> ApiError {
