@@ -37,7 +37,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
     let log_format = cli.log_format;
-    engine_gateway::logging::init(if serving { "info" } else { "warn" }, log_format);
+    // The NATS client logs each reconnect attempt itself; the gateway logs one line per
+    // disconnect and reconnect (store/nats/setup.rs).
+    engine_gateway::logging::init(
+        if serving {
+            "info,async_nats=warn"
+        } else {
+            "warn"
+        },
+        log_format,
+    );
     if serving {
         tracing::info!(%policy, "backtrace policy");
     }

@@ -98,7 +98,8 @@ async fn options(config: &NatsConfig) -> Result<ConnectOptions, StoreError> {
             match event {
                 Event::Connected => tracing::info!("nats connected"),
                 Event::Disconnected => tracing::warn!("nats disconnected, reconnecting"),
-                other => tracing::info!(event = %other, "nats event"),
+                // Lame duck mode, slow consumers, server and client errors.
+                other => tracing::warn!(event = %other, "nats event"),
             }
         }))
 }
