@@ -2,6 +2,8 @@
 //! [`Config`]. Flags and `ENGINE_GATEWAY_*` variables win over the file, the file over defaults.
 
 pub mod overlay;
+#[cfg(test)]
+mod readme;
 mod store;
 pub mod units;
 
