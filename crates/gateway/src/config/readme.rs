@@ -12,7 +12,9 @@ const README: &str = include_str!("../../../../README.md");
 
 /// The first ```toml block of the README's "## Configuration" section.
 fn readme_block() -> &'static str {
-    let section = &README[README.find("## Configuration").expect("README has ## Configuration")..];
+    let section = &README[README
+        .find("## Configuration")
+        .expect("README has ## Configuration")..];
     let start = section.find("```toml\n").expect("a ```toml block") + "```toml\n".len();
     let len = section[start..].find("```").expect("the block ends");
     &section[start..start + len]
@@ -29,7 +31,10 @@ fn expected_keys(path: &[&str]) -> Vec<String> {
         Ok(_) => panic!("{path:?} accepted an unknown key"),
         Err(err) => err.to_string(),
     };
-    let Some(list) = err.split("expected one of ").nth(1).or_else(|| err.split("expected ").nth(1))
+    let Some(list) = err
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| err.split("expected ").nth(1))
     else {
         return Vec::new();
     };
@@ -96,7 +101,10 @@ fn documented_settings(block: &str) -> BTreeSet<String> {
 #[test]
 fn readme_names_every_setting_and_only_real_ones() {
     let settings = all_settings();
-    assert!(settings.len() > 20, "the probe found too few settings: {settings:?}");
+    assert!(
+        settings.len() > 20,
+        "the probe found too few settings: {settings:?}"
+    );
     let documented = documented_settings(readme_block());
     let missing: Vec<_> = settings.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&settings).collect();
