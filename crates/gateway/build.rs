@@ -19,6 +19,7 @@ use std::ffi::{CStr, c_char};
 use std::path::PathBuf;
 
 fn main() {
+    commit_id();
     println!("cargo:rerun-if-changed=hot-functions.txt");
     println!("cargo:rerun-if-env-changed=ENGINE_GATEWAY_NO_FUNCTION_ORDER");
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
@@ -45,6 +46,32 @@ fn main() {
     );
     // Names that went stale since the list was written are skipped, not errors.
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// `ENGINE_GATEWAY_COMMIT` for `engine_gateway_build_info`: the short commit id, `unknown`
+/// outside a git checkout (a source tarball). Rebuilt when HEAD moves (not for uncommitted
+/// edits: a dirty flag would rebuild the crate at every `git add`).
+fn commit_id() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    if let Some(file) = git(&["rev-parse", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(file) = git(&["rev-parse", "--git-path", &head])
+    {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    println!("cargo:rustc-env=ENGINE_GATEWAY_COMMIT={commit}");
 }
 
 /// Whether this build runs on the machine it builds for, with glibc `major.minor` or newer: the

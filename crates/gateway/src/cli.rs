@@ -4,15 +4,33 @@
 //! configurations and runs them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::StoreOverrides;
+use crate::config::units::ByteSize;
+use crate::logging::LogFormat;
+
+/// A duration flag: a number with ms, s, m, h or d; a bare number is seconds.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    crate::config::units::parse_duration(text, Duration::from_secs(1))
+}
 
 /// Authenticated, resumable byte streams into a durable store.
 #[derive(Debug, Parser)]
 #[command(name = "engine-gateway", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Log lines as `text` (for people) or `json` (one object per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "ENGINE_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,12 +62,26 @@ pub struct ServeArgs {
     /// Connections served at once; more are answered 503.
     #[arg(long, env = "ENGINE_GATEWAY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Body bytes held in memory at once, all connections together.
-    #[arg(long, env = "ENGINE_GATEWAY_INFLIGHT_BYTES", value_name = "BYTES")]
-    pub inflight_bytes: Option<usize>,
-    /// Memory limit in bytes for the soft limit and the flight recorder [default: the cgroup's].
-    #[arg(long, env = "ENGINE_GATEWAY_MEMORY_LIMIT", value_name = "BYTES")]
-    pub memory_limit: Option<u64>,
+    /// Body bytes held in memory at once, all connections together (e.g. 16MiB).
+    #[arg(long, env = "ENGINE_GATEWAY_INFLIGHT_BYTES", value_name = "SIZE")]
+    pub inflight_bytes: Option<ByteSize>,
+    /// Memory limit for the soft limit and the flight recorder, e.g. 256MiB [default: the
+    /// cgroup's].
+    #[arg(long, env = "ENGINE_GATEWAY_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<ByteSize>,
+    /// After SIGTERM, how long /readyz answers 503 while everything still serves, before the
+    /// listener closes (load balancers need a moment to stop sending), e.g. 5s; SIGINT skips
+    /// it [default: 5s].
+    #[arg(long, env = "ENGINE_GATEWAY_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = parse_seconds)]
+    pub shutdown_delay: Option<Duration>,
+    /// Log every request (method, route, status, error code, bytes, duration, org, token id)
+    /// on target engine_gateway::access.
+    #[arg(long, env = "ENGINE_GATEWAY_ACCESS_LOG", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub access_log: Option<bool>,
+    /// Any setting of the config file, as section.key=value (repeatable), e.g.
+    /// `--set limits.body_timeout_secs=10`; also `ENGINE_GATEWAY_<SECTION>__<KEY>=value`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = crate::config::overlay::from_flag)]
+    pub set: Vec<crate::config::overlay::Setting>,
     #[command(flatten)]
     pub store: StoreArgs,
 }

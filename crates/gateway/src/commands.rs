@@ -12,49 +12,114 @@ use tokio::sync::watch;
 use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
 use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand, TokenStoreArgs};
 use crate::client::{self, BaseUrl, CatOptions, ClientError, Input, PushOptions};
+use crate::config::units::ByteSize;
 use crate::config::{Config, Overrides, StoreConfig, load_store};
+use crate::gateway::{Shutdown, Stopped, StoreFailed};
 use crate::stream_id::StreamId;
+
+/// Exit codes of `serve` (README, "Exit codes").
+pub mod exit {
+    /// Stopped cleanly: every request finished, everything acknowledged is durable.
+    pub const CLEAN: u8 = 0;
+    /// Any other failure (for example the listening address is taken).
+    pub const FAILURE: u8 = 1;
+    /// The configuration is invalid (flags, environment, file); also clap's usage errors.
+    pub const CONFIG: u8 = 2;
+    /// The store failed: it could not be opened (damage, a lock, NATS unreachable) or closed.
+    pub const STORE: u8 = 3;
+    /// Stopped, but the drain deadline cut requests still running (acknowledged bytes are
+    /// durable; the clients resume).
+    pub const DRAIN_CUT: u8 = 4;
+    /// A second SIGTERM/SIGINT: exited at once, without draining.
+    pub const SECOND_SIGNAL: u8 = 130;
+}
 
 /// `engine-gateway serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(Overrides {
+    let config = match Config::load(Overrides {
         listen: args.listen,
         data_dir: args.data_dir,
         config: args.config,
         max_connections: args.max_connections,
-        inflight_bytes: args.inflight_bytes,
-        memory_limit: args.memory_limit,
+        inflight_bytes: args
+            .inflight_bytes
+            .map(|size| usize::try_from(size.bytes()).unwrap_or(usize::MAX)),
+        memory_limit: args.memory_limit.map(ByteSize::bytes),
+        shutdown_delay: args.shutdown_delay,
+        access_log: args.access_log,
+        settings: {
+            let mut settings = crate::config::overlay::from_env(std::env::vars());
+            settings.extend(args.set);
+            settings
+        },
         store: args.store.overrides(),
-    })?;
+    }) {
+        Ok(config) => config,
+        Err(err) => {
+            crate::logging::fatal(&format_args!("invalid configuration: {err:#}"));
+            return Ok(ExitCode::from(exit::CONFIG));
+        }
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let (stop, shutdown) = watch::channel(false);
+    let (draining_tx, draining) = watch::channel(false);
+    let (stop_tx, stop) = watch::channel(false);
+    let delay = config.shutdown_delay;
     tokio::spawn(async move {
+        let signal = wait_for_signal().await;
+        let _ = draining_tx.send(true);
+        if signal == Signal::Term && !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "shutdown requested: /readyz answers 503, serving on until the delay has passed"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = wait_for_signal() => second_signal(),
+            }
+        }
+        tracing::info!("no new connections, finishing requests in flight");
+        let _ = stop_tx.send(true);
         wait_for_signal().await;
-        tracing::info!("shutdown requested: no new connections, finishing requests in flight");
-        let _ = stop.send(true);
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
+        second_signal();
     });
-    crate::gateway::run(config, listener, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    match crate::gateway::run(config, listener, Shutdown { draining, stop }).await {
+        Ok(Stopped::Clean) => Ok(ExitCode::from(exit::CLEAN)),
+        Ok(Stopped::DrainCut(_)) => Ok(ExitCode::from(exit::DRAIN_CUT)),
+        Err(err) if err.downcast_ref::<StoreFailed>().is_some() => {
+            crate::logging::fatal(&format_args!("{err:#}"));
+            Ok(ExitCode::from(exit::STORE))
+        }
+        Err(err) => Err(err),
+    }
 }
 
-/// SIGTERM or SIGINT, whichever comes first.
-async fn wait_for_signal() {
+fn second_signal() -> ! {
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(i32::from(exit::SECOND_SIGNAL));
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signal {
+    Term,
+    Interrupt,
+}
+
+/// SIGTERM (a supervisor: Kubernetes, systemd) or SIGINT (Ctrl-C), whichever comes first.
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => Signal::Term,
+                _ = tokio::signal::ctrl_c() => Signal::Interrupt,
             }
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot watch SIGTERM, only SIGINT stops the gateway");
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Interrupt
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Configuration: raw inputs (flags, environment, a TOML file) folded into one validated
 //! [`Config`]. Flags and `ENGINE_GATEWAY_*` variables win over the file, the file over defaults.
 
+pub mod overlay;
+#[cfg(test)]
+mod readme;
 mod store;
+pub mod units;
 
 pub use store::{DEFAULT_NATS_STARTUP_TIMEOUT, StoreConfig, StoreOverrides};
 
@@ -30,6 +34,10 @@ pub struct Config {
     pub memory: memwatch::Settings,
     /// Embedded or NATS JetStream.
     pub store: StoreConfig,
+    /// After SIGTERM, how long `/readyz` answers 503 while everything still serves.
+    pub shutdown_delay: Duration,
+    /// One log line per request (target `engine_gateway::access`).
+    pub access_log: bool,
 }
 
 /// Where JWTs are checked against.
@@ -53,6 +61,11 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     pub inflight_bytes: Option<usize>,
     pub memory_limit: Option<u64>,
+    pub shutdown_delay: Option<Duration>,
+    pub access_log: Option<bool>,
+    /// File settings given as `ENGINE_GATEWAY_<SECTION>__<KEY>` variables and `--set` flags
+    /// (see [`overlay`]), applied in order over the file.
+    pub settings: Vec<overlay::Setting>,
     pub store: StoreOverrides,
 }
 
@@ -62,10 +75,11 @@ pub struct Overrides {
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    access_log: Option<bool>,
     #[serde(default)]
     limits: FileLimits,
     jwt: Option<JwtConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "memory_settings")]
     memory: memwatch::Settings,
     /// `embedded` or `nats://...`.
     store: Option<String>,
@@ -76,25 +90,29 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_connections: Option<usize>,
-    inflight_bytes: Option<usize>,
-    chunk_bytes: Option<usize>,
-    max_header_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "units::deserialize_opt_size")]
+    inflight_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "units::deserialize_opt_size")]
+    chunk_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "units::deserialize_opt_size")]
+    max_header_bytes: Option<u64>,
     header_timeout_secs: Option<u64>,
     body_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
+    shutdown_delay_secs: Option<u64>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 const DEFAULT_INFLIGHT_BYTES: usize = 16 * 1024 * 1024;
+/// Long enough for a Kubernetes Service to drop the endpoint (readiness probe period plus
+/// endpoint propagation), short against the default 30 s termination grace period.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
 impl Config {
     /// Builds the configuration from overrides and, if named, the config file.
     pub fn load(overrides: Overrides) -> anyhow::Result<Config> {
-        let file = match &overrides.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
+        let file = read_file(overrides.config.as_deref(), &overrides.settings)?;
         let listen = overrides
             .listen
             .or(file.listen)
@@ -113,7 +131,7 @@ impl Config {
             server.max_connections = n;
         }
         if let Some(n) = limits.max_header_bytes {
-            server.max_header_bytes = n;
+            server.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(s) = limits.header_timeout_secs {
             server.header_timeout = Duration::from_secs(s);
@@ -122,19 +140,25 @@ impl Config {
             server.drain_timeout = Duration::from_secs(s);
         }
         if let Some(n) = limits.chunk_bytes {
-            handler.chunk_bytes = n;
+            handler.chunk_bytes = usize::try_from(n).unwrap_or(usize::MAX);
         }
         if let Some(s) = limits.body_timeout_secs {
             handler.body_timeout = Duration::from_secs(s);
         }
         let inflight_bytes = overrides
             .inflight_bytes
-            .or(limits.inflight_bytes)
+            .or(limits
+                .inflight_bytes
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
             .unwrap_or(DEFAULT_INFLIGHT_BYTES);
         let mut memory = file.memory;
         if let Some(limit) = overrides.memory_limit {
             memory.limit_bytes = Some(limit);
         }
+        let shutdown_delay = overrides
+            .shutdown_delay
+            .or(limits.shutdown_delay_secs.map(Duration::from_secs))
+            .unwrap_or(DEFAULT_SHUTDOWN_DELAY);
         let store = store::resolve(overrides.store, file.store, file.nats)?;
         let config = Config {
             listen,
@@ -145,6 +169,8 @@ impl Config {
             jwt: file.jwt,
             memory,
             store,
+            shutdown_delay,
+            access_log: overrides.access_log.or(file.access_log).unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -181,20 +207,52 @@ impl Config {
     }
 }
 
+/// memwatch's `[memory]` settings, its sizes also written with units (`limit_bytes = "256MiB"`).
+fn memory_settings<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<memwatch::Settings, D::Error> {
+    use serde::de::Error;
+    let mut table = toml::Table::deserialize(deserializer)?;
+    for key in ["limit_bytes", "max_capture_bytes"] {
+        if let Some(toml::Value::String(text)) = table.get(key) {
+            let size: units::ByteSize = text.parse().map_err(D::Error::custom)?;
+            let bytes = i64::try_from(size.bytes())
+                .map_err(|_| D::Error::custom(format!("memory.{key} is too large")))?;
+            table.insert(key.to_owned(), toml::Value::Integer(bytes));
+        }
+    }
+    table.try_into().map_err(D::Error::custom)
+}
+
 /// The store choice alone, for the `token` commands: flags and environment over the `store`
 /// and `[nats]` values of the config file, if one is named.
 pub fn load_store(config: Option<&Path>, overrides: StoreOverrides) -> anyhow::Result<StoreConfig> {
-    let file = match config {
-        Some(path) => read_file(path)?,
-        None => FileConfig::default(),
-    };
+    let settings = overlay::from_env(std::env::vars());
+    let file = read_file(config, &settings)?;
     store::resolve(overrides, file.store, file.nats)
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
+/// The file's settings (none without a file) with `settings` put over them, checked.
+fn read_file(path: Option<&Path>, settings: &[overlay::Setting]) -> anyhow::Result<FileConfig> {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            text.parse::<toml::Table>()
+                .with_context(|| format!("config file {} is not valid", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    overlay::apply(&mut table, settings)?;
+    table.try_into().with_context(|| {
+        let mut sources: Vec<String> = path.map(|p| p.display().to_string()).into_iter().collect();
+        sources.extend(settings.iter().map(|s| s.origin.clone()));
+        if sources.is_empty() {
+            "the configuration is not valid".to_owned()
+        } else {
+            format!("the configuration ({}) is not valid", sources.join(", "))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -244,6 +302,28 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("timeline_fine_seconds"), "{err:#}");
+
+        std::fs::write(
+            &file,
+            "[limits]\ninflight_bytes = \"32MiB\"\nchunk_bytes = 65536\n[memory]\nlimit_bytes = \"256 MiB\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.inflight_bytes, 32 << 20);
+        assert_eq!(config.handler.chunk_bytes, 64 << 10);
+        assert_eq!(config.memory.limit_bytes, Some(256 << 20));
+
+        std::fs::write(&file, "[limits]\ninflight_bytes = \"32 parsecs\"\n").unwrap();
+        let err = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a size"), "{err:#}");
 
         std::fs::write(&file, "[limits]\nmax_conections = 7\n").unwrap();
         let err = Config::load(Overrides {

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::auth::{Authenticator, FileTokenStore, JwtVerifier, TokenStore, bootstrap_admin};
 use crate::budget::ByteBudget;
 use crate::config::{Config, StoreConfig};
+use crate::http::server::Drain;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
@@ -23,13 +24,57 @@ const FIRST_STARTUP_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest pause between connection attempts at start.
 const MAX_STARTUP_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Runs the gateway on `listener` until `shutdown` turns true; then drains connections and
-/// makes everything received durable before returning.
+/// The two phases of a stop, driven by the signal handler (`commands::serve`) or a test.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    /// Turns true when a stop is requested: `/readyz` answers 503 so load balancers take the
+    /// gateway out of rotation, while everything keeps serving.
+    pub draining: watch::Receiver<bool>,
+    /// Turns true when serving ends: the listener closes, requests in flight drain.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Both phases from one signal (no readiness delay).
+    pub fn immediate(stop: watch::Receiver<bool>) -> Shutdown {
+        Shutdown {
+            draining: stop.clone(),
+            stop,
+        }
+    }
+}
+
+/// How a gateway that did not fail stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every request finished; everything acknowledged is durable.
+    Clean,
+    /// The drain deadline cut this many connections with requests still running (their
+    /// committed bytes are durable; the clients resume from `HEAD`).
+    DrainCut(usize),
+}
+
+/// The store failed (opening, serving or closing): `serve` exits with its own code.
+#[derive(Debug)]
+pub struct StoreFailed(pub &'static str);
+
+impl std::fmt::Display for StoreFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown.stop` turns true; then drains connections
+/// and makes everything received durable before returning.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+    shutdown: Shutdown,
+) -> anyhow::Result<Stopped> {
+    let Shutdown {
+        draining,
+        stop: shutdown,
+    } = shutdown;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -45,9 +90,9 @@ pub async fn run(
     .await
     .context("memory watch task failed")?
     .context("starting memwatch")?;
-    let Some((store, tokens)) = open_backends_or_stop(&config, shutdown.clone()).await? else {
+    let Some((store, tokens)) = open_backends_or_stop(&config, draining.clone()).await? else {
         tracing::info!("shutdown requested while waiting for the store");
-        return Ok(());
+        return Ok(Stopped::Clean);
     };
     if let Some(path) = bootstrap_admin(tokens.as_ref(), &data_dir)
         .await
@@ -79,7 +124,9 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),
+        draining,
         memory,
+        access_log: config.access_log,
     });
     let address = listener
         .local_addr()
@@ -89,7 +136,7 @@ pub async fn run(
         StoreConfig::Nats { nats, .. } => nats.urls.join(","),
     };
     tracing::info!(%address, data_dir = %data_dir.display(), store = %backend, "engine-gateway listening");
-    http::server::serve(
+    let drain = http::server::serve(
         listener,
         http::app(state),
         config.server.clone(),
@@ -98,9 +145,23 @@ pub async fn run(
     )
     .await
     .context("serving HTTP")?;
-    store.close().await.context("closing the store")?;
-    tracing::info!("stopped; everything acknowledged is durable");
-    Ok(())
+    store
+        .close()
+        .await
+        .context(StoreFailed("closing the store"))?;
+    Ok(match drain {
+        Drain::Clean => {
+            tracing::info!("stopped; everything acknowledged is durable");
+            Stopped::Clean
+        }
+        Drain::Cut(connections) => {
+            tracing::warn!(
+                connections,
+                "stopped after cutting requests at the drain deadline; everything acknowledged is durable"
+            );
+            Stopped::DrainCut(connections)
+        }
+    })
 }
 
 /// The stream store and the token store the configuration names.
@@ -130,7 +191,7 @@ async fn open_backends_or_stop(
             })
             .await
             .context("store opening task failed")?
-            .context("opening the embedded store")?;
+            .context(StoreFailed("opening the embedded store"))?;
             let tokens = FileTokenStore::open(&config.data_dir)
                 .await
                 .context("opening the token store")?;
@@ -167,16 +228,19 @@ pub async fn connect_nats(
         let err = match NatsStore::connect(nats.clone()).await {
             Ok(store) => return Ok(Some(store)),
             Err(err) if err.kind() != ErrorKind::Unavailable => {
-                return Err(anyhow::Error::new(err).context("nats store settings"));
+                return Err(anyhow::Error::new(err)
+                    .context("nats store settings")
+                    .context(StoreFailed("connecting to nats")));
             }
             Err(err) => err,
         };
         if started.elapsed() + backoff > wait {
-            anyhow::bail!(
+            return Err(anyhow::anyhow!(
                 "nats is unreachable ({}): gave up after {} s (nats.startup_timeout_secs)",
                 err,
                 started.elapsed().as_secs()
-            );
+            )
+            .context(StoreFailed("connecting to nats")));
         }
         tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "nats unreachable at start, retrying");
         tokio::select! {

@@ -12,5 +12,6 @@ pub mod gateway;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod process_metrics;
 pub mod store;
 pub mod stream_id;

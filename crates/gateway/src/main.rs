@@ -10,6 +10,7 @@ use clap::Parser;
 
 use engine_gateway::cli::{Cli, Command};
 use engine_gateway::commands;
+use engine_gateway::logging::LogFormat;
 
 /// jemalloc, counted at the allocator, with sampled heap profiling on by default.
 #[cfg(not(feature = "plain-jemalloc"))]
@@ -35,7 +36,17 @@ fn main() -> ExitCode {
     let policy = memwatch::apply_backtrace_policy();
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_));
-    engine_gateway::logging::init(if serving { "info" } else { "warn" });
+    let log_format = cli.log_format;
+    // The NATS client logs each reconnect attempt itself; the gateway logs one line per
+    // disconnect and reconnect (store/nats/setup.rs).
+    engine_gateway::logging::init(
+        if serving {
+            "info,async_nats=warn"
+        } else {
+            "warn"
+        },
+        log_format,
+    );
     if serving {
         tracing::info!(%policy, "backtrace policy");
         // Library backtraces left on by the operator, with less headroom than one printed
@@ -54,7 +65,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            fatal(
+                serving || log_format == LogFormat::Json,
+                &format_args!("cannot start the async runtime: {err}"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -71,8 +85,21 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            fatal(
+                serving || log_format == LogFormat::Json,
+                &format_args!("{err:#}"),
+            );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A fatal error: one structured log line for the gateway (and with `--log-format json`), the
+/// plain `error: …` line a person at a terminal expects from the client commands.
+fn fatal(structured: bool, error: &dyn std::fmt::Display) {
+    if structured {
+        engine_gateway::logging::fatal(error);
+    } else {
+        eprintln!("error: {error}");
     }
 }

@@ -17,7 +17,7 @@ pub use file_store::{ADMIN_TOKEN_FILE, CACHE_CAPACITY, FileTokenStore, bootstrap
 pub use jwt::{JwtError, JwtKeyError, JwtVerifier, LEEWAY_SECS, MAX_JWT_LEN, MIN_RSA_BITS};
 pub use tokens::{
     NewToken, ScopeError, Secret, TOKEN_PREFIX, TokenError, TokenRecord, TokenStore, parse_ttl,
-    validate_scope,
+    split_token, validate_scope,
 };
 
 /// What a token is for.

@@ -5,7 +5,7 @@
 //! to go on. Memory is bounded: only the current request's unacknowledged bytes are kept
 //! (at most [`PushOptions::request_bytes`]) so they can be re-sent.
 //!
-//! Only `http://host:port[/base]` is spoken; TLS is left to a proxy or sidecar.
+//! `http://` and `https://` URLs (`tls.rs`: rustls, the system CAs or `--ca-cert`).
 
 mod cat;
 mod error;

@@ -68,6 +68,8 @@ pub(super) struct FileNats {
     max_bytes: Option<u64>,
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
+    /// One attempt of a request (retried until request_timeout_secs), milliseconds.
+    attempt_timeout_ms: Option<u64>,
     startup_timeout_secs: Option<u64>,
 }
 
@@ -168,6 +170,12 @@ pub(super) fn resolve(
             }
             *slot = Duration::from_secs(secs);
         }
+    }
+    if let Some(ms) = file.attempt_timeout_ms {
+        if !(50..=60_000).contains(&ms) {
+            bail!("nats.attempt_timeout_ms must be 50 to 60000");
+        }
+        nats.attempt_timeout = Duration::from_millis(ms);
     }
     let startup_timeout = file
         .startup_timeout_secs

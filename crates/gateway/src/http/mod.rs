@@ -4,6 +4,7 @@
 //! so tests can drive it with `oneshot`. Limits that need the socket (connection cap, header
 //! timeout, header size) live in `server`.
 
+mod access_log;
 mod error;
 mod ops;
 mod query;
@@ -58,10 +59,15 @@ pub struct AppState {
     pub budget: ByteBudget,
     pub metrics: Arc<Metrics>,
     pub limits: HandlerLimits,
-    /// Turns true when the gateway is shutting down: followers end, readiness fails.
+    /// Turns true when the gateway stops serving (the listener closes): followers end.
     pub shutdown: watch::Receiver<bool>,
+    /// Turns true when a stop is requested, `shutdown_delay` before `shutdown`: readiness
+    /// fails so load balancers stop sending, while everything still serves.
+    pub draining: watch::Receiver<bool>,
     /// Flight recorder and soft limit.
     pub memory: memwatch::Memwatch,
+    /// Whether every request is logged (`--access-log`).
+    pub access_log: bool,
 }
 
 /// The router of the whole API.
@@ -70,7 +76,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .head(streams::head)
         .patch(streams::append)
         .delete(streams::delete);
-    Router::new()
+    let access_log = state.access_log;
+    let router = Router::new()
         .route("/v1/streams", get(streams::list))
         .route("/v1/streams/{*id}", stream_routes)
         .route("/healthz", get(ops::healthz))
@@ -85,8 +92,14 @@ pub fn app(state: Arc<AppState>) -> Router {
                 Route::Ops | Route::Debug | Route::Other
             )
         }))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), observe));
+    // Outermost, so it also sees the soft limit's refusals.
+    let router = if access_log {
+        router.layer(middleware::from_fn(access_log::log_access))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 async fn fallback() -> ApiError {

@@ -66,7 +66,7 @@ pub async fn healthz() -> Response {
 
 /// `GET /readyz`: the gateway takes new work (store writable, not shutting down).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    if *state.shutdown.borrow() {
+    if *state.draining.borrow() || *state.shutdown.borrow() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -101,6 +101,15 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let memory = state.memory.clone();
     if let Ok(text) = tokio::task::spawn_blocking(move || memory.metrics_text()).await {
         out.push_str(&text);
+    }
+    if let Ok(process) = tokio::task::spawn_blocking(|| {
+        let mut text = String::with_capacity(1024);
+        crate::process_metrics::write(&mut text);
+        text
+    })
+    .await
+    {
+        out.push_str(&process);
     }
     let mut response = out.into_response();
     response.headers_mut().insert(

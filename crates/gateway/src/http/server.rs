@@ -52,15 +52,24 @@ fn too_many_connections() -> String {
     )
 }
 
+/// How the connections ended once shutdown began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Every request in flight finished within the drain deadline.
+    Clean,
+    /// The deadline passed: this many connections were cut with requests still running.
+    Cut(usize),
+}
+
 /// Serves `router` on `listener` until `shutdown` turns true, then stops accepting, lets
-/// in-flight requests finish (at most `drain_timeout`), and returns.
+/// in-flight requests finish (at most `drain_timeout`), and returns how that went.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) -> io::Result<()> {
+) -> io::Result<Drain> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     loop {
@@ -104,13 +113,15 @@ pub async fn serve(
     })
     .await;
     if drained.is_err() {
+        let cut = connections.len();
         tracing::warn!(
-            connections = connections.len(),
+            connections = cut,
             "drain deadline passed, closing connections"
         );
         connections.shutdown().await;
+        return Ok(Drain::Cut(cut));
     }
-    Ok(())
+    Ok(Drain::Clean)
 }
 
 async fn serve_connection(

@@ -77,6 +77,8 @@ impl Gateway {
         }
         cmd.args(&self.args)
             .env("ENGINE_GATEWAY_LOG", "info")
+            // Tests stop gateways often; the readiness delay is tested on its own (lifecycle.rs).
+            .env("ENGINE_GATEWAY_SHUTDOWN_DELAY", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -117,10 +119,21 @@ connection: close
         }
     }
 
+    /// Sends SIGTERM and returns at once; [`Gateway::wait_exit`] collects the status.
+    pub fn signal_term(&self) {
+        let child = self.child.as_ref().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+
     /// SIGTERM and wait; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Waits (at most 20 s) for the process to exit; returns its exit status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {

@@ -61,6 +61,17 @@ impl NatsCluster {
         }
     }
 
+    /// Starts node `i` again (same ports and store directory) after [`NatsCluster::kill`].
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        wait_for_port(self.nodes[i].port);
+    }
+
+    /// The node named `name` (`node0`..`node2`, as `-n` names them).
+    pub fn index_of(name: &str) -> Option<usize> {
+        name.strip_prefix("node")?.parse().ok()
+    }
+
     fn spawn(&mut self, i: usize) {
         let routes = self
             .nodes

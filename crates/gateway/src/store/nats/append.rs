@@ -11,12 +11,13 @@
 use std::sync::atomic::Ordering;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 
 use super::codec;
+use super::retry::Attempts;
 use super::state::Tip;
 use super::{Inner, MAX_MESSAGE_PAYLOAD};
 use crate::store::{Appended, ErrorKind, StoreError, unix_now};
@@ -170,14 +171,33 @@ impl Inner {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<PublishAck, Failure> {
-        let message = PublishMessage::build().headers(headers).payload(payload);
-        let result = match self.js.send_publish(subject.to_owned(), message).await {
-            Ok(ack) => ack.await,
-            Err(err) => Err(err),
+        let transient = |err: &PublishError| {
+            matches!(
+                err.kind(),
+                PublishErrorKind::TimedOut
+                    | PublishErrorKind::StreamNotFound
+                    | PublishErrorKind::BrokenPipe
+            )
         };
-        result.map_err(|err| match err.kind() {
-            PublishErrorKind::WrongLastSequence => Failure::Refused { first: true },
-            _ => Failure::Error(self.unavailable("publish", err)),
+        let result = self
+            .retrying(transient, || {
+                let message = PublishMessage::build()
+                    .headers(headers.clone())
+                    .payload(payload.clone());
+                async move {
+                    match self.js.send_publish(subject.to_owned(), message).await {
+                        Ok(ack) => ack.await,
+                        Err(err) => Err(err),
+                    }
+                }
+            })
+            .await;
+        result.map_err(|failure| match failure {
+            Attempts::Disconnected => Failure::Error(self.disconnected()),
+            Attempts::Failed(err) => match err.kind() {
+                PublishErrorKind::WrongLastSequence => Failure::Refused { first: true },
+                _ => Failure::Error(self.unavailable("publish", err)),
+            },
         })
     }
 

@@ -14,6 +14,7 @@
 mod append;
 pub mod codec;
 mod read;
+mod retry;
 mod setup;
 mod state;
 pub mod tokens;
@@ -56,9 +57,12 @@ pub struct NatsConfig {
     pub max_bytes: Option<u64>,
     /// Limit on establishing the first connection.
     pub connect_timeout: Duration,
-    /// Limit on every JetStream request and publish acknowledgement; past it an operation
-    /// fails with `Unavailable`.
+    /// Limit on one JetStream operation, retries included; past it the operation fails with
+    /// `Unavailable`.
     pub request_timeout: Duration,
+    /// Limit on one attempt of a request or publish acknowledgement: after a leader loss the
+    /// next attempt reaches the new leader (see `retry.rs`).
+    pub attempt_timeout: Duration,
 }
 
 /// How the gateway authenticates to NATS.
@@ -133,6 +137,7 @@ impl NatsConfig {
             max_bytes: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(1),
         })
     }
 }
@@ -155,6 +160,10 @@ struct Inner {
     cursors: read::CursorCache,
     /// Set by `close`: every later operation is `Unavailable`.
     closed: AtomicBool,
+    /// All attempts of one operation together (each attempt has the context's timeout).
+    request_timeout: Duration,
+    /// The last readiness verdict, kept fresh by a background watch.
+    health: retry::Health,
     metrics: Metrics,
 }
 
@@ -165,6 +174,7 @@ struct Metrics {
     conflicts: AtomicU64,
     dedups: AtomicU64,
     errors: AtomicU64,
+    retries: AtomicU64,
 }
 
 impl NatsStore {
@@ -173,7 +183,8 @@ impl NatsStore {
     /// with `Internal` (a message naming the setting) on incompatible settings.
     pub async fn connect(config: NatsConfig) -> Result<NatsStore, StoreError> {
         let (client, js, stream) = setup::connect(&config).await?;
-        Ok(NatsStore {
+        let request_timeout = config.request_timeout.max(config.attempt_timeout);
+        let store = NatsStore {
             inner: Arc::new(Inner {
                 client,
                 js,
@@ -182,9 +193,13 @@ impl NatsStore {
                 tips: state::TipCache::default(),
                 cursors: read::CursorCache::default(),
                 closed: AtomicBool::new(false),
+                request_timeout,
+                health: retry::Health::default(),
                 metrics: Metrics::default(),
             }),
-        })
+        };
+        tokio::spawn(retry::watch_health(Arc::downgrade(&store.inner)));
+        Ok(store)
     }
 
     /// The JetStream context, for the token store on the same connection.
@@ -194,11 +209,23 @@ impl NatsStore {
 }
 
 impl Inner {
+    /// Refuses at once when closed, or while the connection is known to be down (nothing
+    /// would succeed, and a client should not wait out a timeout to learn it).
     fn check_open(&self) -> Result<(), StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::unavailable("the store is closed"));
         }
+        if !self.connected() {
+            return Err(self.disconnected());
+        }
+        if let Some(why) = self.health.known_down() {
+            return Err(StoreError::unavailable(why));
+        }
         Ok(())
+    }
+
+    fn disconnected(&self) -> StoreError {
+        StoreError::unavailable("nats is not connected (reconnecting)")
     }
 
     /// Counts and builds an `Unavailable` error for a failed NATS request.
@@ -291,6 +318,11 @@ impl Store for NatsStore {
                 "errors",
                 "nats requests that failed or timed out",
                 &m.errors,
+            ),
+            (
+                "retries",
+                "nats request attempts retried after a timeout or during a leader election",
+                &m.retries,
             ),
         ] {
             write_counter(

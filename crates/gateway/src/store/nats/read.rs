@@ -287,17 +287,50 @@ impl Inner {
         Ok(out)
     }
 
+    /// Whether a write could succeed now: connected, and (clustered) the stream has a leader
+    /// and a quorum of current replicas. One attempt: a probe wants a quick answer.
     pub(super) async fn ready(&self) -> Result<(), StoreError> {
-        if !matches!(
-            self.client.connection_state(),
-            async_nats::connection::State::Connected
-        ) {
-            return Err(StoreError::unavailable("nats is not connected"));
+        if !self.connected() {
+            return Err(self.disconnected());
         }
-        self.stream
+        let info = self
+            .stream
             .get_info()
             .await
-            .map(drop)
-            .map_err(|err| self.unavailable("stream info", err))
+            .map_err(|err| self.unavailable("stream info", err))?;
+        let verdict = match &info.cluster {
+            Some(cluster) => quorum(cluster),
+            None => Ok(()),
+        };
+        self.health.record(&verdict);
+        verdict
     }
+}
+
+/// How long a follower may stay silent and still count towards the quorum.
+const PEER_SILENCE: Duration = Duration::from_secs(3);
+
+/// A clustered stream takes writes when it has a leader and a majority of its members (the
+/// leader and the current, online followers).
+fn quorum(cluster: &async_nats::jetstream::stream::ClusterInfo) -> Result<(), StoreError> {
+    let Some(leader) = &cluster.leader else {
+        return Err(StoreError::unavailable(
+            "nats: the jetstream stream has no leader (an election is running or quorum is lost)",
+        ));
+    };
+    let members = cluster.replicas.len() + 1;
+    // A leader that lost its followers keeps reporting them `current` for seconds; a peer it
+    // has not heard from within a few heartbeats (1 s apart) is not counted.
+    let up = 1 + cluster
+        .replicas
+        .iter()
+        .filter(|peer| peer.current && !peer.offline && peer.active < PEER_SILENCE)
+        .count();
+    if up * 2 <= members {
+        return Err(StoreError::unavailable(format!(
+            "nats: the jetstream stream has no quorum: {up} of {members} replicas are current \
+             (leader {leader})"
+        )));
+    }
+    Ok(())
 }

@@ -51,9 +51,18 @@ pub(super) async fn connect(
     let js = jetstream::ContextBuilder::new()
         .timeout(config.request_timeout)
         .build(client.clone());
-    let stream = ensure_stream(&js, config).await?;
+    ensure_stream(&js, config).await?;
     ensure_bucket(&js, config).await?;
-    Ok((client, js, stream))
+    // The data path works in short attempts (retried until request_timeout, see retry.rs);
+    // setup above keeps the long timeout, as creating an R3 stream may take seconds.
+    let data = jetstream::ContextBuilder::new()
+        .timeout(config.attempt_timeout.min(config.request_timeout))
+        .build(client.clone());
+    let stream = data
+        .get_stream(&config.stream)
+        .await
+        .map_err(|err| StoreError::unavailable(format!("nats: stream info: {err}")))?;
+    Ok((client, data, stream))
 }
 
 async fn options(config: &NatsConfig) -> Result<ConnectOptions, StoreError> {
@@ -89,7 +98,8 @@ async fn options(config: &NatsConfig) -> Result<ConnectOptions, StoreError> {
             match event {
                 Event::Connected => tracing::info!("nats connected"),
                 Event::Disconnected => tracing::warn!("nats disconnected, reconnecting"),
-                other => tracing::info!(event = %other, "nats event"),
+                // Lame duck mode, slow consumers, server and client errors.
+                other => tracing::warn!(event = %other, "nats event"),
             }
         }))
 }

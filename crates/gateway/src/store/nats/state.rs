@@ -10,6 +10,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 
 use super::Inner;
 use super::codec::Meta;
+use super::retry::Attempts;
 use crate::store::{StoreError, StreamInfo};
 use crate::stream_id::StreamId;
 
@@ -117,12 +118,18 @@ impl Inner {
     ) -> Result<Option<StreamMessage>, StoreError> {
         let subject = self.subjects.of(id);
         let result = self
-            .stream
-            .raw_message_builder()
-            .last_by_subject(subject)
-            .send()
+            .retrying(transient, || {
+                self.stream
+                    .raw_message_builder()
+                    .last_by_subject(subject.clone())
+                    .send()
+            })
             .await;
-        self.found(result, "get last message")
+        match result {
+            Ok(msg) => Ok(Some(msg)),
+            Err(Attempts::Disconnected) => Err(self.disconnected()),
+            Err(Attempts::Failed(err)) => self.found(Err(err), "get last message"),
+        }
     }
 
     /// The message with sequence `seq`, if it exists.
@@ -147,6 +154,7 @@ impl Inner {
         self.found(result, "get next message")
     }
 
+    /// The answer to a message lookup, as an `Option`.
     fn found(
         &self,
         result: Result<StreamMessage, async_nats::jetstream::stream::LastRawMessageError>,
@@ -158,4 +166,13 @@ impl Inner {
             Err(err) => Err(self.unavailable(what, err)),
         }
     }
+}
+
+/// Whether a failed message lookup is worth another attempt: anything but "there is no such
+/// message" and a malformed subject (timeouts, no leader yet, JetStream temporarily down).
+fn transient(err: &async_nats::jetstream::stream::LastRawMessageError) -> bool {
+    !matches!(
+        err.kind(),
+        LastRawMessageErrorKind::NoMessageFound | LastRawMessageErrorKind::InvalidSubject
+    )
 }

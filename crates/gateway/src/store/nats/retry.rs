@@ -1,0 +1,112 @@
+//! Short attempts, retried until the request's deadline, so a leader election costs the time
+//! the cluster needs and not one long timeout after another.
+//!
+//! Every JetStream request and publish of the data path has `attempt_timeout` (1 s by
+//! default); a transient failure (a timeout, no responders while a new leader is elected, a
+//! broken pipe) is retried after a short pause until `request_timeout` has passed since the
+//! first attempt. A retried publish is idempotent: it carries the same `Nats-Msg-Id`, and a
+//! duplicate acknowledgement is only accepted for our own bytes (`append.rs`). While the
+//! connection is known to be down nothing is attempted: the caller answers 503 at once.
+
+use std::future::Future;
+use std::sync::{Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+
+use super::Inner;
+
+/// Pause between two attempts; the new leader of an R3 group is usually elected within 1–3 s.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often the health watch asks the stream's leader about its quorum.
+pub(super) const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// A verdict older than this is not trusted to refuse requests.
+const HEALTH_FRESH: Duration = Duration::from_secs(3);
+
+/// The last readiness verdict (the health watch's or a probe's): while it says the stream
+/// cannot take writes (no leader, no quorum), requests are refused at once instead of each
+/// waiting out `request_timeout`.
+#[derive(Default)]
+pub(super) struct Health {
+    /// When the stream was last found unable to take writes, and why; `None` when it could.
+    down: Mutex<Option<(Instant, String)>>,
+}
+
+impl Health {
+    pub(super) fn record(&self, verdict: &Result<(), crate::store::StoreError>) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        *down = match verdict {
+            Ok(()) => None,
+            Err(err) => Some((Instant::now(), err.to_string())),
+        };
+    }
+
+    /// Why writes cannot succeed now, when a fresh verdict says so.
+    pub(super) fn known_down(&self) -> Option<String> {
+        let down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        down.as_ref()
+            .filter(|(at, _)| at.elapsed() < HEALTH_FRESH)
+            .map(|(_, why)| why.clone())
+    }
+}
+
+/// Checks readiness every [`HEALTH_INTERVAL`] until the store is closed or dropped.
+pub(super) async fn watch_health(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        // Records its verdict in `inner.health`.
+        let _ = inner.ready().await;
+    }
+}
+
+/// Why a retried operation gave up.
+pub(super) enum Attempts<E> {
+    /// The last attempt's error: not transient, or the deadline passed.
+    Failed(E),
+    /// The connection is down: nothing was (or will be) attempted until it is back.
+    Disconnected,
+}
+
+impl Inner {
+    /// Whether the client is connected now (the reconnect loop runs in the background).
+    pub(super) fn connected(&self) -> bool {
+        matches!(self.client.connection_state(), State::Connected)
+    }
+
+    /// Runs `op` until it succeeds, fails with an error `transient` does not accept, the
+    /// connection drops, or `request_timeout` passes.
+    pub(super) async fn retrying<T, E, F, Fut>(
+        &self,
+        transient: impl Fn(&E) -> bool,
+        mut op: F,
+    ) -> Result<T, Attempts<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            if !self.connected() {
+                return Err(Attempts::Disconnected);
+            }
+            let err = match op().await {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            if !transient(&err) || Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(Attempts::Failed(err));
+            }
+            self.metrics
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
