@@ -4,6 +4,7 @@
 //! both by the writer after the log fsync and by the recovery scan, and the `state` table holds
 //! the log position the index reflects (the checkpoint), committed in the same transaction.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use redb::{
@@ -11,7 +12,7 @@ use redb::{
     WriteTransaction,
 };
 
-use super::log::{APPEND_DATA_OFFSET, Record};
+use super::log::{APPEND_DATA_OFFSET, Record, SegmentId};
 use crate::store::{StoreError, StreamInfo};
 
 /// name -> (key, length, sealed, created, updated).
@@ -22,6 +23,9 @@ const KEYS: TableDefinition<u64, &str> = TableDefinition::new("keys");
 const CHUNKS: TableDefinition<(u64, u64), (u64, u64, u32)> = TableDefinition::new("chunks");
 /// "checkpoint" -> (segment, position); "next_key" -> (key, 0).
 const STATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("state");
+/// segment number -> (generation of its live file, bytes of deleted streams' records in it).
+/// A number without a row is generation 0 with nothing deleted yet.
+const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
 
 /// Converts any redb error into an internal store error (Display only).
 pub(super) fn db_err(err: impl Into<redb::Error>) -> StoreError {
@@ -97,6 +101,7 @@ pub(super) struct Tables<'t> {
     keys: Table<'t, u64, &'static str>,
     chunks: Table<'t, (u64, u64), (u64, u64, u32)>,
     state: Table<'t, &'static str, (u64, u64)>,
+    segments: Table<'t, u64, (u64, u64)>,
 }
 
 impl<'t> Tables<'t> {
@@ -106,6 +111,7 @@ impl<'t> Tables<'t> {
             keys: txn.open_table(KEYS).map_err(db_err)?,
             chunks: txn.open_table(CHUNKS).map_err(db_err)?,
             state: txn.open_table(STATE).map_err(db_err)?,
+            segments: txn.open_table(SEGMENTS).map_err(db_err)?,
         })
     }
 
@@ -114,7 +120,7 @@ impl<'t> Tables<'t> {
         Ok(found.map(|g| Meta::from_tuple(g.value())))
     }
 
-    fn meta_by_key(&self, key: u64) -> Result<Option<(String, Meta)>, StoreError> {
+    pub(super) fn meta_by_key(&self, key: u64) -> Result<Option<(String, Meta)>, StoreError> {
         let Some(name) = self
             .keys
             .get(key)
@@ -141,6 +147,28 @@ impl<'t> Tables<'t> {
     pub(super) fn set_checkpoint(&mut self, segment: u64, pos: u64) -> Result<(), StoreError> {
         self.state
             .insert("checkpoint", (segment, pos))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Segment number -> (generation, dead bytes), for every segment with a row.
+    pub(super) fn segments(&self) -> Result<BTreeMap<u64, (u64, u64)>, StoreError> {
+        let mut out = BTreeMap::new();
+        for entry in self.segments.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.insert(k.value(), v.value());
+        }
+        Ok(out)
+    }
+
+    pub(super) fn set_segment(
+        &mut self,
+        number: u64,
+        generation: u64,
+        dead: u64,
+    ) -> Result<(), StoreError> {
+        self.segments
+            .insert(number, (generation, dead))
             .map_err(db_err)?;
         Ok(())
     }
@@ -228,9 +256,24 @@ impl<'t> Tables<'t> {
                 let Some((name, _)) = self.meta_by_key(key)? else {
                     return skip_or_fail(replay, "delete of a missing stream");
                 };
+                let mut dead: BTreeMap<u64, u64> = BTreeMap::new();
                 self.chunks
-                    .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)
+                    .retain_in((key, 0)..=(key, u64::MAX), |_, (segment, _, len)| {
+                        let number = SegmentId::unpack(segment).number;
+                        *dead.entry(number).or_default() += APPEND_DATA_OFFSET + u64::from(len);
+                        false
+                    })
                     .map_err(db_err)?;
+                for (number, bytes) in dead {
+                    let (generation, before) = self
+                        .segments
+                        .get(number)
+                        .map_err(db_err)?
+                        .map_or((0, 0), |g| g.value());
+                    self.segments
+                        .insert(number, (generation, before + bytes))
+                        .map_err(db_err)?;
+                }
                 self.keys.remove(key).map_err(db_err)?;
                 self.streams.remove(name.as_str()).map_err(db_err)?;
             }
@@ -247,12 +290,16 @@ fn skip_or_fail(replay: bool, what: &str) -> Result<(), StoreError> {
     }
 }
 
-/// A piece of a read: `len` bytes at `pos` in `segment`.
+/// A piece of a read: `take` bytes from `skip` into the chunk (one append record) whose data
+/// starts at `pos` in `segment` (packed id) and is `len` bytes long, at stream offset `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Piece {
     pub(super) segment: u64,
     pub(super) pos: u64,
-    pub(super) len: usize,
+    pub(super) len: u32,
+    pub(super) offset: u64,
+    pub(super) skip: usize,
+    pub(super) take: usize,
 }
 
 /// A consistent view of the index for readers.
@@ -332,8 +379,11 @@ impl Snapshot {
             let take = chunk_end.min(end) - at;
             pieces.push(Piece {
                 segment,
-                pos: pos + (at - chunk_offset),
-                len: take as usize,
+                pos,
+                len,
+                offset: chunk_offset,
+                skip: (at - chunk_offset) as usize,
+                take: take as usize,
             });
             at += take;
         }

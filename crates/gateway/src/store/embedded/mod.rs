@@ -10,6 +10,10 @@ mod index;
 mod log;
 mod metrics;
 mod read;
+mod recovery;
+mod repair;
+mod scan;
+mod space;
 mod wait;
 mod writer;
 
@@ -27,9 +31,10 @@ use redb::Database;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::info;
 
-use self::index::{Tables, db_err};
 pub use self::metrics::RecoveryReport;
 use self::read::SegmentFiles;
+pub use self::repair::{CheckReport, RepairReport, check, repair};
+pub use self::scan::DamageReport;
 use self::wait::Waiters;
 use self::writer::{Request, Writer, WriterConfig};
 use crate::store::{Appended, ErrorKind, ReadChunk, Store, StoreError, StreamInfo};
@@ -59,6 +64,9 @@ pub struct EmbeddedConfig {
     pub checkpoint_batches: u64,
     /// ...or after this much time, whichever comes first; recovery replays the log since then.
     pub checkpoint_interval: Duration,
+    /// Free disk bytes kept for the index, deletes and compaction: appends that would leave
+    /// less are answered [`ErrorKind::InsufficientStorage`] without touching the disk.
+    pub reserve_bytes: u64,
 }
 
 impl EmbeddedConfig {
@@ -73,6 +81,7 @@ impl EmbeddedConfig {
             index_cache_bytes: 16 << 20,
             checkpoint_batches: 256,
             checkpoint_interval: Duration::from_secs(1),
+            reserve_bytes: 64 << 20,
         }
     }
 }
@@ -98,8 +107,12 @@ struct Shared {
     metrics: metrics::Metrics,
     /// Set by `close`: appends are refused from then on.
     closed: AtomicBool,
-    /// Set after a failed log write or index commit: the log's tail is unknown until reopened.
+    /// Set after a failed index commit or a log write that could not be cut back: the store's
+    /// state is unknown until reopened. A full disk does not set it.
     failed: AtomicBool,
+    /// Free bytes appends leave untouched (`EmbeddedConfig::reserve_bytes`).
+    reserve_bytes: u64,
+    dir: PathBuf,
     /// Holds the flock on `dir/LOCK` for as long as anything may write.
     _lock: File,
 }
@@ -121,7 +134,8 @@ impl EmbeddedStore {
         let lock = lock_dir(dir)?;
         let started = Instant::now();
         let db = index::open_db(&dir.join("index.redb"), config.index_cache_bytes)?;
-        let (end, next_key, mut recovery) = recover(&db, dir)?;
+        let recovered = recovery::recover(&db, dir, repair::max_write(&config))?;
+        let (end, next_key, mut recovery) = (recovered.end, recovered.next_key, recovered.report);
         recovery.millis = started.elapsed().as_millis() as u64;
         info!(
             dir = %dir.display(),
@@ -140,6 +154,8 @@ impl EmbeddedStore {
             metrics: metrics::Metrics::new(recovery),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            reserve_bytes: config.reserve_bytes,
+            dir: dir.clone(),
             _lock: lock,
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);
@@ -152,6 +168,7 @@ impl EmbeddedStore {
                 max_batch_bytes: config.max_batch_bytes,
                 checkpoint_batches: config.checkpoint_batches,
                 checkpoint_interval: config.checkpoint_interval,
+                reserve_bytes: config.reserve_bytes,
             },
             next_key,
             buf: Vec::new(),
@@ -248,36 +265,6 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// Replays the log since the index's checkpoint; returns the log end, the next stream key, and
-/// what was done.
-fn recover(db: &Database, dir: &Path) -> Result<((u64, u64), u64, RecoveryReport), StoreError> {
-    let txn = db.begin_write().map_err(db_err)?;
-    let (end, next_key, outcome) = {
-        let mut tables = Tables::open(&txn)?;
-        let from = match tables.checkpoint()? {
-            Some(checkpoint) => checkpoint,
-            None => {
-                let first = log::list_segments(dir)
-                    .map_err(|e| StoreError::internal(format!("listing segments: {e}")))?;
-                (first.first().copied().unwrap_or(0), 0)
-            }
-        };
-        let outcome = log::scan(dir, from, |record, segment, pos| {
-            tables.apply(record, segment, pos, true)
-        })?;
-        tables.set_checkpoint(outcome.end.0, outcome.end.1)?;
-        (outcome.end, tables.next_key()?, outcome)
-    };
-    txn.commit().map_err(db_err)?;
-    let report = RecoveryReport {
-        records: outcome.records,
-        bytes: outcome.bytes,
-        truncated_bytes: outcome.truncated_bytes,
-        millis: 0,
-    };
-    Ok((end, next_key, report))
-}
-
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn head(&self, id: &StreamId) -> Result<StreamInfo, StoreError> {
@@ -325,7 +312,7 @@ impl Store for EmbeddedStore {
     async fn read(&self, id: &StreamId, offset: u64, max: usize) -> Result<ReadChunk, StoreError> {
         let name = id.to_string();
         let max = max.min(MAX_READ_BYTES);
-        self.blocking(move |s| read::read(&s.db, &s.files, &name, offset, max))
+        self.blocking(move |s| read::read(&s.db, &s.files, &s.metrics, &name, offset, max))
             .await?
             .ok_or_else(|| StoreError::not_found(id))
     }
@@ -375,7 +362,23 @@ impl Store for EmbeddedStore {
         }
         if self.shared.failed.load(SeqCst) {
             return Err(StoreError::unavailable(
-                "store failed a write; restart to recover",
+                "store failed an index update; restart to recover",
+            ));
+        }
+        let dir = self.shared.dir.clone();
+        let free = tokio::task::spawn_blocking(move || space::free_bytes_at(&dir))
+            .await
+            .ok()
+            .flatten();
+        if let Some(free) = free
+            && free < self.shared.reserve_bytes
+        {
+            return Err(StoreError::insufficient_storage(
+                format!(
+                    "disk full: {free} bytes free, below the {} bytes kept in reserve; appends are refused until space is freed",
+                    self.shared.reserve_bytes
+                ),
+                None,
             ));
         }
         Ok(())
