@@ -20,7 +20,7 @@ mod writer;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -112,6 +112,9 @@ struct Shared {
     failed: AtomicBool,
     /// Free bytes appends leave untouched (`EmbeddedConfig::reserve_bytes`).
     reserve_bytes: u64,
+    /// Size of the largest append refused for lack of space since the last stored one (0: none):
+    /// `/readyz` reports not ready until that much is free above the reserve.
+    refused_need: AtomicU64,
     dir: PathBuf,
     /// Holds the flock on `dir/LOCK` for as long as anything may write.
     _lock: File,
@@ -155,6 +158,7 @@ impl EmbeddedStore {
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             reserve_bytes: config.reserve_bytes,
+            refused_need: AtomicU64::new(0),
             dir: dir.clone(),
             _lock: lock,
         });
@@ -370,12 +374,13 @@ impl Store for EmbeddedStore {
             .await
             .ok()
             .flatten();
+        let need = self.shared.reserve_bytes + self.shared.refused_need.load(SeqCst);
         if let Some(free) = free
-            && free < self.shared.reserve_bytes
+            && free < need
         {
             return Err(StoreError::insufficient_storage(
                 format!(
-                    "disk full: {free} bytes free, below the {} bytes kept in reserve; appends are refused until space is freed",
+                    "disk full: {free} bytes free, {} kept in reserve; appends are refused until space is freed",
                     self.shared.reserve_bytes
                 ),
                 None,

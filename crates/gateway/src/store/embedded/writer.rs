@@ -207,15 +207,25 @@ impl Writer {
                     .collect()
             }
         };
-        let refused = outcomes
-            .iter()
-            .filter(|o| matches!(o, Err(e) if e.kind() == ErrorKind::InsufficientStorage))
-            .count();
+        // remember the largest append refused for space (for /readyz), forget it on success
+        let (mut refused, mut need, mut stored) = (0, 0, false);
+        for (request, outcome) in batch.iter().zip(&outcomes) {
+            if let Request::Append { data, .. } = request {
+                match outcome {
+                    Err(e) if e.kind() == ErrorKind::InsufficientStorage => {
+                        refused += 1;
+                        need = need.max(data.len() as u64);
+                    }
+                    Ok(_) if !data.is_empty() => stored = true,
+                    _ => {}
+                }
+            }
+        }
         if refused > 0 {
-            self.shared
-                .metrics
-                .no_space
-                .fetch_add(refused as u64, Relaxed);
+            self.shared.metrics.no_space.fetch_add(refused, Relaxed);
+            self.shared.refused_need.store(need, SeqCst);
+        } else if stored {
+            self.shared.refused_need.store(0, SeqCst);
         }
         let names: Vec<String> = batch
             .iter()
