@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::http::HandlerLimits;
 use crate::http::server::ServerLimits;
+use crate::store::retention::RetentionConfig;
 
 /// Everything `serve` needs, validated.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Embedded or NATS JetStream.
     pub store: StoreConfig,
+    /// Streams deleted for age or size (`[retention]`).
+    pub retention: RetentionConfig,
 }
 
 /// The memory limit, the flight recorder and the soft limit (memwatch).
@@ -110,6 +113,8 @@ struct FileConfig {
     /// `embedded` or `nats://...`.
     store: Option<String>,
     nats: Option<store::FileNats>,
+    #[serde(default)]
+    retention: RetentionConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,7 +180,23 @@ impl Config {
         if let Some(limit) = overrides.memory_limit {
             memory.limit_bytes = Some(limit);
         }
-        let store = store::resolve(overrides.store, file.store, file.nats)?;
+        let mut store = store::resolve(overrides.store, file.store, file.nats)?;
+        let retention = file.retention;
+        retention.validate().map_err(anyhow::Error::msg)?;
+        if let StoreConfig::Nats { nats, .. } = &mut store {
+            // JetStream enforces limits on its one stream: global ones map onto it
+            if !retention.orgs.is_empty() {
+                bail!(
+                    "retention.orgs needs the embedded store: with NATS, JetStream's limits apply                      to the whole stream (use retention.max_age_secs / max_bytes)"
+                );
+            }
+            if nats.max_age.is_none() {
+                nats.max_age = retention.max_age_secs.map(Duration::from_secs);
+            }
+            if nats.max_bytes.is_none() {
+                nats.max_bytes = retention.max_bytes;
+            }
+        }
         let config = Config {
             listen,
             data_dir,
@@ -185,6 +206,7 @@ impl Config {
             jwt: file.jwt,
             memory,
             store,
+            retention,
         };
         config.validate()?;
         Ok(config)
@@ -320,6 +342,25 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("not IP:PORT"));
+        std::fs::write(
+            &file,
+            "[retention]\nmax_age_secs = 86400\n[retention.orgs.acme]\nmax_bytes = 1000\n",
+        )
+        .unwrap();
+        let config = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.retention.max_age_secs, Some(86400));
+        assert_eq!(config.retention.orgs["acme"].max_bytes, Some(1000));
+        std::fs::write(&file, "[retention]\nmax_age_secs = 0\n").unwrap();
+        let err = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("positive"), "{err:#}");
         let defaults = Config::load(Overrides::default()).unwrap();
         assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);
     }

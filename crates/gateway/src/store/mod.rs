@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod nats;
+pub mod retention;
 pub mod testsuite;
 
 use std::time::{Duration, SystemTime};

@@ -6,8 +6,10 @@
 //! log, and an append is answered only after the log fsync that covers it; the index may lag the
 //! log (it is made durable at checkpoints) and is rebuilt from the log at open.
 
+mod compact;
 mod index;
 mod log;
+mod maintenance;
 mod metrics;
 mod read;
 mod recovery;
@@ -31,12 +33,14 @@ use redb::Database;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::info;
 
+pub use self::compact::CompactReport;
 pub use self::metrics::RecoveryReport;
 use self::read::SegmentFiles;
 pub use self::repair::{CheckReport, RepairReport, check, repair};
 pub use self::scan::DamageReport;
 use self::wait::Waiters;
 use self::writer::{Request, Writer, WriterConfig};
+use crate::store::retention::RetentionConfig;
 use crate::store::{Appended, ErrorKind, ReadChunk, Store, StoreError, StreamInfo};
 use crate::stream_id::StreamId;
 
@@ -67,6 +71,10 @@ pub struct EmbeddedConfig {
     /// Free disk bytes kept for the index, deletes and compaction: appends that would leave
     /// less are answered [`ErrorKind::InsufficientStorage`] without touching the disk.
     pub reserve_bytes: u64,
+    /// A closed segment is compacted once deleted streams' bytes are this share of its size.
+    pub compact_ratio: f64,
+    /// Streams deleted for age or size; also sets how often maintenance runs.
+    pub retention: RetentionConfig,
 }
 
 impl EmbeddedConfig {
@@ -82,6 +90,8 @@ impl EmbeddedConfig {
             checkpoint_batches: 256,
             checkpoint_interval: Duration::from_secs(1),
             reserve_bytes: 64 << 20,
+            compact_ratio: 0.5,
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -96,6 +106,11 @@ pub struct EmbeddedStore {
     max_queued_bytes: usize,
     /// The writer thread, joined by `close`.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The maintenance thread (retention, compaction) and its stop signal, joined by `close`.
+    maintenance: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Settings of maintenance passes run on demand.
+    retention: RetentionConfig,
+    compact_ratio: f64,
     recovery: RecoveryReport,
 }
 
@@ -115,6 +130,10 @@ struct Shared {
     /// Size of the largest append refused for lack of space since the last stored one (0: none):
     /// `/readyz` reports not ready until that much is free above the reserve.
     refused_need: AtomicU64,
+    /// Segment number of the writer's last durable checkpoint: compaction stays below it.
+    durable_segment: AtomicU64,
+    /// One compaction at a time (the maintenance thread, or `compact` called directly).
+    compacting: Mutex<()>,
     dir: PathBuf,
     /// Holds the flock on `dir/LOCK` for as long as anything may write.
     _lock: File,
@@ -159,6 +178,8 @@ impl EmbeddedStore {
             failed: AtomicBool::new(false),
             reserve_bytes: config.reserve_bytes,
             refused_need: AtomicU64::new(0),
+            durable_segment: AtomicU64::new(end.0.number),
+            compacting: Mutex::new(()),
             dir: dir.clone(),
             _lock: lock,
         });
@@ -183,9 +204,24 @@ impl EmbeddedStore {
             .name("store-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| io("starting the writer for", e))?;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let maintenance = maintenance::Maintenance {
+            shared: shared.clone(),
+            tx: tx.clone(),
+            retention: config.retention.clone(),
+            compact_ratio: config.compact_ratio,
+            interval: config.retention.interval(),
+        };
+        let maintainer = std::thread::Builder::new()
+            .name("store-maintain".into())
+            .spawn(move || maintenance.run(stopped))
+            .map_err(|e| io("starting maintenance for", e))?;
         Ok(EmbeddedStore {
             shared,
             tx,
+            maintenance: Mutex::new(Some((stop, maintainer))),
+            retention: config.retention,
+            compact_ratio: config.compact_ratio,
             budget: Arc::new(Semaphore::new(config.max_queued_bytes)),
             max_queued_bytes: config.max_queued_bytes,
             writer: Mutex::new(Some(handle)),
@@ -196,6 +232,21 @@ impl EmbeddedStore {
     /// What recovery did at open.
     pub fn recovery(&self) -> RecoveryReport {
         self.recovery
+    }
+
+    /// Runs one maintenance pass now (retention, then compaction), as the maintenance thread
+    /// does every `retention.interval_secs`: returns the streams deleted and what compaction did.
+    pub async fn maintain(&self) -> Result<(u64, CompactReport), StoreError> {
+        let pass = maintenance::Maintenance {
+            shared: self.shared.clone(),
+            tx: self.tx.clone(),
+            retention: self.retention.clone(),
+            compact_ratio: self.compact_ratio,
+            interval: Duration::ZERO,
+        };
+        tokio::task::spawn_blocking(move || pass.pass())
+            .await
+            .map_err(|e| StoreError::internal(format!("store task failed: {e}")))?
     }
 
     /// Runs `f` on a blocking thread (index lookups and file reads may touch the disk).
@@ -392,6 +443,16 @@ impl Store for EmbeddedStore {
     async fn close(&self) -> Result<(), StoreError> {
         if self.shared.closed.swap(true, SeqCst) {
             return Ok(());
+        }
+        let maintainer = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((stop, handle)) = maintainer {
+            // a pass in progress finishes first (its deletes go through the writer, still open)
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         let (reply, rx) = oneshot::channel();
         let result = match self.tx.send(Request::Close { reply }).await {

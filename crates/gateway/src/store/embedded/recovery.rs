@@ -53,6 +53,7 @@ pub(super) fn recover(db: &Database, dir: &Path, max_write: u64) -> Result<Recov
 
 fn replay(tables: &mut Tables<'_>, dir: &Path, max_write: u64) -> Result<Recovered, StoreError> {
     let io_err = |what: &str, e: std::io::Error| StoreError::internal(format!("{what}: {e}"));
+    remove_temporaries(dir).map_err(|e| io_err("removing unfinished compaction files", e))?;
     let files = log::list_segments(dir).map_err(|e| io_err("listing segments", e))?;
     let checkpoint = tables.checkpoint()?;
     let rows = tables.segments()?;
@@ -73,6 +74,7 @@ fn replay(tables: &mut Tables<'_>, dir: &Path, max_write: u64) -> Result<Recover
         log::sync_dir(&dir.join("segments")).map_err(|e| io_err("syncing segments", e))?;
     }
     if rebuilding {
+        tables.tolerate_gaps = true;
         for id in live.iter().filter(|id| id.generation > 0) {
             tables.set_segment(id.number, id.generation, 0)?;
         }
@@ -230,4 +232,23 @@ fn quarantine_tail(dir: &Path, region: &Region) -> std::io::Result<()> {
     log::sync_dir(&qdir)?;
     segment.set_len(region.pos)?;
     segment.sync_all()
+}
+
+/// Removes `segments/*.tmp`: compaction or repair outputs a crash interrupted before their
+/// rename (copies of records the log still holds).
+fn remove_temporaries(dir: &Path) -> std::io::Result<()> {
+    let segments = dir.join("segments");
+    let mut removed = false;
+    for entry in fs::read_dir(&segments)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            info!(file = %path.display(), "removing an unfinished compaction output");
+            fs::remove_file(&path)?;
+            removed = true;
+        }
+    }
+    if removed {
+        log::sync_dir(&segments)?;
+    }
+    Ok(())
 }

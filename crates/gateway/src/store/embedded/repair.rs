@@ -210,6 +210,12 @@ fn classify(
             key, offset, data, ..
         } => match keys.get_mut(&key) {
             Some(s) if s.broken => Some(format!("stream {} offset {offset}: after damage", s.name)),
+            // before any damage, a gap is compaction's: the records of a deleted stream, removed
+            // from some segments already; its delete record follows
+            Some(s) if offset > s.length && !damaged => {
+                s.length = offset + data.len() as u64;
+                None
+            }
             Some(s) if offset > s.length => {
                 s.broken = true;
                 damage.affect(s.name.clone(), s.length);

@@ -175,6 +175,9 @@ impl Writer {
     }
 
     fn checkpointed(&mut self) {
+        self.shared
+            .durable_segment
+            .store(self.segment.id().number, SeqCst);
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.shared.metrics.checkpoints.fetch_add(1, Relaxed);
