@@ -75,6 +75,10 @@ pub struct EmbeddedConfig {
     pub compact_ratio: f64,
     /// Streams deleted for age or size; also sets how often maintenance runs.
     pub retention: RetentionConfig,
+    /// Whether reads check record checksums. Always on in the gateway; off only for the
+    /// benchmark that measures what the check costs (`tests/store_bench.rs`).
+    #[doc(hidden)]
+    pub verify_reads: bool,
 }
 
 impl EmbeddedConfig {
@@ -92,6 +96,7 @@ impl EmbeddedConfig {
             reserve_bytes: 64 << 20,
             compact_ratio: 0.5,
             retention: RetentionConfig::default(),
+            verify_reads: true,
         }
     }
 }
@@ -132,8 +137,9 @@ struct Shared {
     refused_need: AtomicU64,
     /// Segment number of the writer's last durable checkpoint: compaction stays below it.
     durable_segment: AtomicU64,
-    /// One compaction at a time (the maintenance thread, or `compact` called directly).
+    /// One compaction at a time (the maintenance thread, or `maintain` called directly).
     compacting: Mutex<()>,
+    verify_reads: bool,
     dir: PathBuf,
     /// Holds the flock on `dir/LOCK` for as long as anything may write.
     _lock: File,
@@ -180,6 +186,7 @@ impl EmbeddedStore {
             refused_need: AtomicU64::new(0),
             durable_segment: AtomicU64::new(end.0.number),
             compacting: Mutex::new(()),
+            verify_reads: config.verify_reads,
             dir: dir.clone(),
             _lock: lock,
         });
@@ -367,7 +374,7 @@ impl Store for EmbeddedStore {
     async fn read(&self, id: &StreamId, offset: u64, max: usize) -> Result<ReadChunk, StoreError> {
         let name = id.to_string();
         let max = max.min(MAX_READ_BYTES);
-        self.blocking(move |s| read::read(&s.db, &s.files, &s.metrics, &name, offset, max))
+        self.blocking(move |s| read::read(s, &name, offset, max))
             .await?
             .ok_or_else(|| StoreError::not_found(id))
     }
