@@ -312,3 +312,17 @@ async fn verify(store: &EmbeddedStore, acked: &[u64; 4]) {
         assert_eq!(bad, None, "stream {s}: first byte that differs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_suite_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.retention = RetentionConfig {
+        max_age_secs: Some(1),
+        interval_secs: Some(1),
+        ..RetentionConfig::default()
+    };
+    let store = open(cfg).await;
+    engine_gateway::store::testsuite::expires_after_max_age(&store, Duration::from_secs(1)).await;
+    store.close().await.unwrap();
+}
