@@ -4,6 +4,8 @@
 //! and the torn last write (cut to quarantine, nothing acknowledged lost).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
@@ -329,4 +331,77 @@ async fn torn_last_write_is_cut_to_quarantine() {
         "only the last append is lost, and it was never acknowledged"
     );
     store.close().await.unwrap();
+}
+
+/// Through the real binary: GET refuses the damaged record (500 `data_corrupted`, counted),
+/// `store check` reports it (exit 1), `store repair` quarantines it, the gateway starts again.
+#[test]
+fn gateway_get_refuses_damage_and_the_cli_repairs_it() {
+    let mut gw = common::Gateway::start();
+    let admin = gw.admin_token();
+    let a = common::pattern(1, 100_000);
+    assert_eq!(gw.append(&admin, "o/c/a", 0, &a).status, 204);
+    assert_eq!(gw.append(&admin, "o/c/b", 0, b"intact").status, 204);
+    assert_eq!(gw.terminate(), Some(0));
+    let store = gw.data_dir().join("store");
+    let segment = segments(&store).pop().unwrap();
+    // inside a's data: its record ends before b's create and append (~120 bytes)
+    let len = std::fs::metadata(&segment).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(&[0x55], len - 5_000).unwrap();
+    drop(file);
+
+    gw.spawn();
+    let got = gw.request("GET", "/v1/streams/o/c/a", Some(&admin), &[], b"");
+    assert_eq!(got.status, 500, "{}", got.text());
+    assert_eq!(got.code(), "data_corrupted");
+    assert_eq!(got.header("stream-offset"), Some("0"));
+    assert_eq!(gw.read_all(&admin, "o/c/b"), b"intact");
+    let metrics = gw.request("GET", "/metrics", None, &[], b"").text();
+    assert!(
+        metrics.contains("engine_gateway_store_corrupt_reads_total 1"),
+        "{metrics}"
+    );
+    assert!(gw.log().contains("fails its checksum"), "{}", gw.log());
+    assert_eq!(gw.terminate(), Some(0));
+
+    let cli = |command: &str| {
+        Command::new(common::BIN)
+            .args(["store", command, "--data-dir"])
+            .arg(gw.data_dir())
+            .output()
+            .unwrap()
+    };
+    let check = cli("check");
+    let said = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(said.contains("o/c/a"), "{said}");
+    let repair = cli("repair");
+    let said = String::from_utf8_lossy(&repair.stdout).into_owned();
+    assert!(
+        repair.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    assert!(said.contains("quarantine"), "{said}");
+    assert!(String::from_utf8_lossy(&repair.stderr).contains("moved to quarantine"));
+    assert_eq!(cli("check").status.code(), Some(0));
+
+    gw.spawn();
+    assert_eq!(
+        gw.offset(&admin, "o/c/a"),
+        (200, Some(0)),
+        "a ends where its damage began"
+    );
+    assert_eq!(gw.read_all(&admin, "o/c/b"), b"intact");
+    assert_eq!(
+        gw.append(&admin, "o/c/a", 0, &a).status,
+        204,
+        "a's writer resumes"
+    );
+    assert_eq!(gw.read_all(&admin, "o/c/a"), a);
+    gw.terminate();
 }

@@ -25,7 +25,7 @@ use super::Shared;
 use super::index::{Snapshot, Tables, db_err};
 use super::log::{self, APPEND_DATA_OFFSET, Record, SegmentId};
 use super::scan::{self, Event};
-use crate::store::StoreError;
+use crate::store::{ErrorKind, StoreError};
 
 /// What one compaction pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,7 +59,12 @@ pub(super) fn compact(shared: &Shared, ratio: f64) -> Result<CompactReport, Stor
         if (dead as f64) < ratio * size as f64 {
             continue;
         }
-        let after = compact_one(shared, id)?;
+        let after = match compact_one(shared, id) {
+            Ok(after) => after,
+            // a damaged segment stays as it is; the others are still compacted
+            Err(err) if err.kind() == ErrorKind::Corrupted => continue,
+            Err(err) => return Err(err),
+        };
         report.segments += 1;
         report.bytes_before += size;
         report.bytes_after += after;
@@ -133,9 +138,10 @@ fn compact_one(shared: &Shared, id: SegmentId) -> Result<u64, StoreError> {
         drop(out);
         let _ = fs::remove_file(&tmp);
         error!(segment = %id, "segment fails its checksums; not compacted (see `engine-gateway store check`)");
-        return Err(StoreError::internal(format!(
-            "segment {id} is damaged; compaction left it alone"
-        )));
+        return Err(StoreError::new(
+            ErrorKind::Corrupted,
+            format!("segment {id} is damaged; compaction left it alone"),
+        ));
     }
     let file = out
         .into_inner()

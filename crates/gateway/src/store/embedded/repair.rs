@@ -104,6 +104,19 @@ pub(super) fn max_write(config: &EmbeddedConfig) -> u64 {
     (config.max_batch_bytes + MAX_APPEND_BYTES) as u64 + (64 << 10)
 }
 
+/// The checkpoint the index committed, if there is an index.
+fn durable_checkpoint(config: &EmbeddedConfig) -> Result<Option<(u64, u64)>, StoreError> {
+    let path = config.dir.join("index.redb");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = index::open_db(&path, config.index_cache_bytes)?;
+    let txn = db.begin_write().map_err(index::db_err)?;
+    let checkpoint = index::Tables::open(&txn)?.checkpoint()?;
+    txn.abort().map_err(index::db_err)?;
+    Ok(checkpoint)
+}
+
 /// One pass over the whole log: damage, and the records that cannot be kept.
 struct Analysis {
     report: CheckReport,
@@ -133,6 +146,8 @@ fn analyze(config: &EmbeddedConfig) -> Result<Analysis, StoreError> {
     let mut keys: HashMap<u64, KeyState> = HashMap::new();
     let mut regions: Vec<Region> = Vec::new();
     let mut valid_after_last_bad = false;
+    // bytes before the index's durable checkpoint were acknowledged: never a torn write
+    let checkpoint = durable_checkpoint(config)?;
     let from = (live.first().map_or(0, |s| s.number), 0);
     let last = scan::walk(dir, &live, from, |event| {
         match event {
@@ -180,6 +195,7 @@ fn analyze(config: &EmbeddedConfig) -> Result<Analysis, StoreError> {
         && region.pos + region.len == len
         && region.len <= max_write(config)
         && why.is_empty()
+        && checkpoint.is_none_or(|(n, p)| (region.segment.number, region.pos) >= (n, p))
     {
         report.torn_tail_bytes = region.len;
         regions.clear();
