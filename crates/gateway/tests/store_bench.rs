@@ -24,8 +24,13 @@ fn secs(var: &str, default: f64) -> Duration {
 }
 
 async fn open(dir: &Path, verify: bool) -> Result<EmbeddedStore, StoreError> {
+    open_with(dir, verify, EmbeddedConfig::new(dir).compact_bytes_per_sec).await
+}
+
+async fn open_with(dir: &Path, verify: bool, rate: u64) -> Result<EmbeddedStore, StoreError> {
     let config = EmbeddedConfig {
         verify_reads: verify,
+        compact_bytes_per_sec: rate,
         // small enough that a phase fills several, so compaction has closed segments to work on
         segment_bytes: std::env::var("BENCH_SEGMENT_MIB")
             .ok()
@@ -181,14 +186,21 @@ async fn store_benchmarks() {
         ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(", ")
     ));
 
-    // compaction: delete half of each round's streams, then ingest beside a compaction
+    // compaction: delete half of each round's streams, then ingest beside a compaction;
+    // rounds alternate unthrottled and the default rate limit
     let store = Arc::new(open(&dir, true).await.unwrap());
     for id in &ids {
         store.delete(id).await.unwrap();
     }
     store.maintain().await.unwrap();
-    let (mut base, mut beside, mut compaction) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..rounds.div_ceil(2) {
+    store.close().await.unwrap();
+    drop(store);
+    let default_rate = EmbeddedConfig::new(&dir).compact_bytes_per_sec;
+    let mut results: [(Vec<f64>, Vec<f64>, Vec<f64>); 2] = Default::default();
+    for round in 0..rounds {
+        let kind = round % 2;
+        let rate = if kind == 0 { 0 } else { default_rate };
+        let store = Arc::new(open_with(&dir, true, rate).await.unwrap());
         let (alone, written) = ingest(&store, &format!("a{round}"), phase).await;
         for id in written.iter().step_by(2) {
             store.delete(id).await.unwrap();
@@ -201,27 +213,36 @@ async fn store_benchmarks() {
         };
         let (with, _) = ingest(&store, &format!("b{round}"), phase).await;
         let report = compactor.await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let (base, beside, speed) = &mut results[kind];
         base.push(alone);
         beside.push(with);
         if report.millis > 0 {
-            compaction.push(
+            speed.push(
                 report.bytes_before as f64 / (1 << 20) as f64 / (report.millis as f64 / 1000.0),
             );
         }
         eprintln!(
-            "round {round}: alone {alone:.0} MiB/s, beside compaction {with:.0} MiB/s, {report:?}"
+            "round {round} (compaction limit {} MiB/s): alone {alone:.0} MiB/s, beside compaction {with:.0} MiB/s, {report:?}",
+            rate >> 20
         );
     }
-    store.close().await.unwrap();
-    out.push_str(&format!(
-        "| compaction (segments half deleted: read, rewrite live half, fsync) | {:.0} MiB/s of segments (median of {}) |\n\
-         | ingest, 64 streams, alone | {:.0} MiB/s |\n\
-         | ingest, 64 streams, beside a compaction | {:.0} MiB/s ({:.2}×) |\n",
-        median(compaction.clone()),
-        compaction.len(),
-        median(base.clone()),
-        median(beside.clone()),
-        median(beside.clone()) / median(base.clone())
-    ));
+    for (kind, (base, beside, speed)) in results.into_iter().enumerate() {
+        let limit = if kind == 0 {
+            "unthrottled".to_owned()
+        } else {
+            format!("limit {} MiB/s written", default_rate >> 20)
+        };
+        out.push_str(&format!(
+            "| compaction, {limit} (segments half deleted) | {:.0} MiB/s of segments (median of {}) |\n\
+             | ingest, 64 streams: alone / beside a compaction ({limit}) | {:.0} / {:.0} MiB/s (**{:.2}×**) |\n",
+            median(speed.clone()),
+            speed.len(),
+            median(base.clone()),
+            median(beside.clone()),
+            median(beside.clone()) / median(base.clone()).max(f64::MIN_POSITIVE)
+        ));
+    }
     println!("| benchmark | result |\n|---|---|\n{out}");
 }

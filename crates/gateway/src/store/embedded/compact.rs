@@ -16,7 +16,7 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Durability, ReadableDatabase};
 use tracing::{error, info};
@@ -87,6 +87,9 @@ pub(super) fn compact(shared: &Shared, ratio: f64) -> Result<CompactReport, Stor
     Ok(report)
 }
 
+/// Compaction syncs what it wrote (and paces itself) every this many bytes.
+const PACE_BYTES: u64 = 4 << 20;
+
 /// A chunk moved by compaction: its key, offset, and old and new place.
 type Moved = (u64, u64, (u64, u64, u32), (u64, u64, u32));
 
@@ -102,6 +105,7 @@ fn compact_one(shared: &Shared, id: SegmentId) -> Result<u64, StoreError> {
         BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| io("creating", e))?);
     let mut moved: Vec<Moved> = Vec::new();
     let (mut written, mut damaged, mut buf) = (0u64, false, Vec::new());
+    let (mut synced, rate, started) = (0u64, shared.compact_rate, Instant::now());
     {
         let txn = shared.db.begin_read().map_err(db_err)?;
         let snapshot = Snapshot::new(&txn)?;
@@ -130,6 +134,19 @@ fn compact_one(shared: &Shared, id: SegmentId) -> Result<u64, StoreError> {
                 record.encode(&mut buf);
                 out.write_all(&buf).map_err(|e| io("writing", e))?;
                 written += buf.len() as u64;
+                if written - synced >= PACE_BYTES {
+                    // write back as we go (one huge flush at the end would stall the writer's
+                    // fdatasyncs behind it), and keep to the configured rate
+                    out.flush().map_err(|e| io("writing", e))?;
+                    out.get_ref().sync_data().map_err(|e| io("syncing", e))?;
+                    synced = written;
+                    if rate > 0 {
+                        let due = Duration::from_secs_f64(written as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
             }
             Ok(())
         })?;

@@ -73,6 +73,9 @@ pub struct EmbeddedConfig {
     pub reserve_bytes: u64,
     /// A closed segment is compacted once deleted streams' bytes are this share of its size.
     pub compact_ratio: f64,
+    /// Bytes per second compaction writes at most (0: as fast as it can), so it leaves the
+    /// disk to ingest.
+    pub compact_bytes_per_sec: u64,
     /// Streams deleted for age or size; also sets how often maintenance runs.
     pub retention: RetentionConfig,
     /// Whether reads check record checksums. Always on in the gateway; off only for the
@@ -95,6 +98,7 @@ impl EmbeddedConfig {
             checkpoint_interval: Duration::from_secs(1),
             reserve_bytes: 64 << 20,
             compact_ratio: 0.5,
+            compact_bytes_per_sec: 64 << 20,
             retention: RetentionConfig::default(),
             verify_reads: true,
         }
@@ -140,6 +144,8 @@ struct Shared {
     /// One compaction at a time (the maintenance thread, or `maintain` called directly).
     compacting: Mutex<()>,
     verify_reads: bool,
+    /// `EmbeddedConfig::compact_bytes_per_sec`.
+    compact_rate: u64,
     dir: PathBuf,
     /// Holds the flock on `dir/LOCK` for as long as anything may write.
     _lock: File,
@@ -187,6 +193,7 @@ impl EmbeddedStore {
             durable_segment: AtomicU64::new(end.0.number),
             compacting: Mutex::new(()),
             verify_reads: config.verify_reads,
+            compact_rate: config.compact_bytes_per_sec,
             dir: dir.clone(),
             _lock: lock,
         });
