@@ -194,6 +194,8 @@ fn compact_one(shared: &Shared, id: SegmentId) -> Result<u64, StoreError> {
     txn.commit().map_err(db_err)?;
     shared.files.forget(id.packed());
     fs::remove_file(id.path(dir)).map_err(|e| io("removing the old file", e))?;
+    // a read with a snapshot from before the commit may have opened it again meanwhile
+    shared.files.forget(id.packed());
     log::sync_dir(&dir.join("segments")).map_err(|e| io("syncing the directory", e))?;
     Ok(written)
 }

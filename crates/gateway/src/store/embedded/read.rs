@@ -46,7 +46,7 @@ impl SegmentFiles {
         let file = File::open(SegmentId::unpack(segment).path(&self.dir))?;
         if files.len() >= MAX_OPEN_SEGMENTS {
             // evict the oldest segment: reads mostly follow the tail
-            if let Some(&oldest) = files.keys().min() {
+            if let Some(&oldest) = files.keys().min_by_key(|&&k| SegmentId::unpack(k).number) {
                 files.remove(&oldest);
             }
         }

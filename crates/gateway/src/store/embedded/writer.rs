@@ -332,9 +332,17 @@ impl Writer {
             && end > 0
             && end + record.encoded_len() as u64 > self.config.segment_bytes
         {
-            self.segment
-                .roll()
-                .map_err(|e| StoreError::internal(format!("starting a segment: {e}")))?;
+            self.segment.roll().map_err(|e| {
+                // nothing is written yet: the batch fails, the store goes on
+                if is_no_space(&e) {
+                    StoreError::insufficient_storage(
+                        format!("disk full: cannot start a new log segment: {e}"),
+                        None,
+                    )
+                } else {
+                    StoreError::unavailable(format!("starting a log segment: {e}"))
+                }
+            })?;
             info!(
                 segment = %self.segment.id(),
                 "store log rolled to a new segment"
