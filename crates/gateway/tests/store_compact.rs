@@ -233,7 +233,8 @@ fn compact_child() {
                 writeln!(out, "ACK {s} {offset}").unwrap();
                 out.flush().unwrap();
             }
-            let id = sid("o", &format!("junk{junk}"));
+            // unique per child: a killed child may leave its last junk stream behind
+            let id = sid("o", &format!("junk{}-{junk}", std::process::id()));
             junk += 1;
             store
                 .append(&id, 0, Bytes::from(vec![0xEE; 150_000]), false)
