@@ -1,4 +1,4 @@
-//! Command-line surface: `serve`, `token create|list|revoke`, `push`, `cat`.
+//! Command-line surface: `serve`, `token create|list|revoke`, `push`, `cat`, `store check|repair`.
 //!
 //! Phase one only: raw flags as clap parses them. `main` turns them into validated
 //! configurations and runs them.
@@ -46,6 +46,30 @@ pub enum Command {
     Push(PushArgs),
     /// Read a stream to stdout, optionally following new bytes.
     Cat(CatArgs),
+    /// Check or repair the embedded store's log (the gateway must be stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Read the whole log and report damage and the streams it touches; exit 1 if damaged.
+    Check(StoreDirArgs),
+    /// Move damaged records (and what depends on them) to quarantine, keep every intact
+    /// record, rebuild the index. Nothing is deleted.
+    Repair(StoreDirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreDirArgs {
+    /// The gateway's data directory (the store is DIR/store).
+    #[arg(
+        long,
+        env = "ENGINE_GATEWAY_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./data"
+    )]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
-use crate::cli::{CatArgs, ClientArgs, PushArgs, ServeArgs, TokenCommand, TokenStoreArgs};
+use crate::cli::{
+    CatArgs, ClientArgs, PushArgs, ServeArgs, StoreCommand, TokenCommand, TokenStoreArgs,
+};
 use crate::client::{self, BaseUrl, CatOptions, ClientError, Input, PushOptions};
 use crate::config::units::ByteSize;
 use crate::config::{Config, Overrides, StoreConfig, load_store};
@@ -212,6 +214,82 @@ fn describe(r: &TokenRecord) -> String {
         text.push_str(&format!(", expires at {expires} (unix)"));
     }
     text
+}
+
+/// `engine-gateway store check|repair`: the operator's explicit step for a damaged log. The
+/// gateway refuses to open a damaged store and names this command; nothing automatic ever
+/// removes acknowledged bytes.
+pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    use crate::store::embedded::{self, EmbeddedConfig};
+    let (repair, args) = match command {
+        StoreCommand::Check(args) => (false, args),
+        StoreCommand::Repair(args) => (true, args),
+    };
+    let config = EmbeddedConfig::new(args.data_dir.join("store"));
+    let shown = config.dir.display().to_string();
+    if !config.dir.join("segments").is_dir() {
+        anyhow::bail!("{shown} holds no embedded store (no segments directory)");
+    }
+    let report = tokio::task::spawn_blocking(move || {
+        if repair {
+            tracing::warn!(dir = %config.dir.display(), "store repair started by the operator");
+            embedded::repair(&config).map(|r| {
+                (
+                    r.check,
+                    Some((r.quarantine, r.quarantined_bytes, r.rewritten_segments)),
+                )
+            })
+        } else {
+            embedded::check(&config).map(|c| (c, None))
+        }
+    })
+    .await
+    .context("store task failed")?
+    .with_context(|| format!("{} {shown}", if repair { "repairing" } else { "checking" }))?;
+    let (check, repaired) = report;
+    println!(
+        "store {shown}: {} segments, {} records, {} bytes read",
+        check.segments, check.records, check.bytes
+    );
+    if check.torn_tail_bytes > 0 {
+        println!(
+            "torn last write: {} bytes at the end of the log, never acknowledged; the next open cuts them (to quarantine)",
+            check.torn_tail_bytes
+        );
+    }
+    if check.damage.is_empty() && check.records_to_quarantine == 0 {
+        println!("no damage");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("damage: {}", check.damage);
+    for (stream, offset) in check.damage.streams() {
+        println!("  stream {stream}: bytes from offset {offset} are damaged or depend on damage");
+    }
+    match repaired {
+        None => {
+            println!(
+                "{} unreadable bytes, {} intact records after a gap in their stream;                  `engine-gateway store repair --data-dir {}` moves them to quarantine and keeps every other record",
+                check.damage.bytes(),
+                check.records_to_quarantine,
+                args_dir(&shown)
+            );
+            Ok(ExitCode::from(1))
+        }
+        Some((quarantine, bytes, segments)) => {
+            println!(
+                "repaired: {} segments rewritten ({}), {bytes} bytes moved to {}; every intact record kept, index rebuilt",
+                segments.len(),
+                segments.join(", "),
+                quarantine.map_or_else(|| "-".into(), |q| q.display().to_string())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The data directory of a store directory shown to the operator.
+fn args_dir(store_dir: &str) -> &str {
+    store_dir.strip_suffix("/store").unwrap_or(store_dir)
 }
 
 /// `engine-gateway push`: resumable upload of a file or stdin.

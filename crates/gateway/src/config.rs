@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::http::HandlerLimits;
 use crate::http::server::ServerLimits;
+use crate::store::retention::RetentionConfig;
 
 /// Everything `serve` needs, validated.
 #[derive(Clone, Debug)]
@@ -38,6 +39,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// One log line per request (target `engine_gateway::access`).
     pub access_log: bool,
+    /// Streams deleted for age or size (`[retention]`).
+    pub retention: RetentionConfig,
 }
 
 /// Where JWTs are checked against.
@@ -84,6 +87,8 @@ struct FileConfig {
     /// `embedded` or `nats://...`.
     store: Option<String>,
     nats: Option<store::FileNats>,
+    #[serde(default)]
+    retention: RetentionConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,7 +164,24 @@ impl Config {
             .shutdown_delay
             .or(limits.shutdown_delay_secs.map(Duration::from_secs))
             .unwrap_or(DEFAULT_SHUTDOWN_DELAY);
-        let store = store::resolve(overrides.store, file.store, file.nats)?;
+        let mut store = store::resolve(overrides.store, file.store, file.nats)?;
+        let retention = file.retention;
+        retention.validate().map_err(anyhow::Error::msg)?;
+        if let StoreConfig::Nats { nats, .. } = &mut store {
+            // JetStream enforces limits on its one stream: global ones map onto it
+            if !retention.orgs.is_empty() {
+                bail!(
+                    "retention.orgs needs the embedded store: with NATS, JetStream's limits apply \
+                     to the whole stream (use retention.max_age_secs / max_bytes)"
+                );
+            }
+            if nats.max_age.is_none() {
+                nats.max_age = retention.max_age_secs.map(Duration::from_secs);
+            }
+            if nats.max_bytes.is_none() {
+                nats.max_bytes = retention.max_bytes;
+            }
+        }
         let config = Config {
             listen,
             data_dir,
@@ -171,6 +193,7 @@ impl Config {
             store,
             shutdown_delay,
             access_log: overrides.access_log.or(file.access_log).unwrap_or(false),
+            retention,
         };
         config.validate()?;
         Ok(config)
@@ -339,6 +362,25 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("not IP:PORT"));
+        std::fs::write(
+            &file,
+            "[retention]\nmax_age_secs = 86400\n[retention.orgs.acme]\nmax_bytes = 1000\n",
+        )
+        .unwrap();
+        let config = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.retention.max_age_secs, Some(86400));
+        assert_eq!(config.retention.orgs["acme"].max_bytes, Some(1000));
+        std::fs::write(&file, "[retention]\nmax_age_secs = 0\n").unwrap();
+        let err = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("positive"), "{err:#}");
         let defaults = Config::load(Overrides::default()).unwrap();
         assert_eq!(defaults.listen.to_string(), DEFAULT_LISTEN);
     }

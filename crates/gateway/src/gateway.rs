@@ -185,13 +185,14 @@ async fn open_backends_or_stop(
 ) -> anyhow::Result<Option<(Arc<dyn Store>, Arc<dyn TokenStore>)>> {
     match &config.store {
         StoreConfig::Embedded => {
-            let store_dir = config.data_dir.join("store");
-            let store = tokio::task::spawn_blocking(move || {
-                EmbeddedStore::open(EmbeddedConfig::new(store_dir))
-            })
-            .await
-            .context("store opening task failed")?
-            .context(StoreFailed("opening the embedded store"))?;
+            let store_config = EmbeddedConfig {
+                retention: config.retention.clone(),
+                ..EmbeddedConfig::new(config.data_dir.join("store"))
+            };
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(store_config))
+                .await
+                .context("store opening task failed")?
+                .context(StoreFailed("opening the embedded store"))?;
             let tokens = FileTokenStore::open(&config.data_dir)
                 .await
                 .context("opening the token store")?;

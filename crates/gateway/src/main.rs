@@ -78,6 +78,7 @@ fn main() -> ExitCode {
             Command::Token(command) => commands::token(command).await,
             Command::Push(args) => commands::push(args).await,
             Command::Cat(args) => commands::cat(args).await,
+            Command::Store(command) => commands::store(command).await,
         }
     });
     // A blocking stdin read may still be parked in the runtime; do not wait for it.

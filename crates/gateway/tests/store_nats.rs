@@ -45,6 +45,22 @@ async fn shared_suite() {
     engine_gateway::store::testsuite::run_all(&other).await;
 }
 
+/// Retention maps onto JetStream's `max_age`: a stream of its own with a 1 s limit.
+#[tokio::test]
+async fn shared_suite_retention() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut config = server.config();
+    config.stream = "EGW_RETENTION".into();
+    config.subject_prefix = "egwr".into();
+    config.bucket = "egwr_tokens".into();
+    config.max_age = Some(std::time::Duration::from_secs(1));
+    let s = NatsStore::connect(config).await.unwrap();
+    engine_gateway::store::testsuite::expires_after_max_age(&s, std::time::Duration::from_secs(1))
+        .await;
+}
+
 #[tokio::test]
 async fn semantics_and_layout() {
     let Some(server) = NatsServer::start() else {

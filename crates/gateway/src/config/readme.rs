@@ -83,10 +83,19 @@ fn documented_settings(block: &str) -> BTreeSet<String> {
         let line = line.trim().trim_start_matches('#');
         let line = line.split('#').next().unwrap_or("").trim();
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            // `[retention.orgs.acme]`: an entry of the map setting `retention.orgs`.
+            let parts: Vec<&str> = name.split('.').collect();
+            if parts.len() > 2 {
+                out.insert(parts[..2].join("."));
+            }
             section = name.to_owned();
         } else if let Some((key, _)) = line.split_once('=') {
             let key = key.trim();
-            if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            let map_entry = section.split('.').count() > 2;
+            if !map_entry
+                && !key.is_empty()
+                && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
                 out.insert(if section.is_empty() {
                     key.to_owned()
                 } else {

@@ -64,15 +64,22 @@ impl From<StoreError> for ApiError {
             ErrorKind::InvalidOffset => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range"),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ErrorKind::Corrupted => (StatusCode::INTERNAL_SERVER_ERROR, "data_corrupted"),
+            ErrorKind::InsufficientStorage => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let mut api = ApiError::new(status, code, err.to_string());
         api.offset = err.committed();
         api.sealed = err.kind() == ErrorKind::Sealed;
-        if err.kind() == ErrorKind::Unavailable {
-            api.retry_after = Some(1);
+        match err.kind() {
+            ErrorKind::Unavailable => api.retry_after = Some(1),
+            ErrorKind::InsufficientStorage => api.retry_after = Some(10),
+            _ => {}
         }
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
+        // the store logged a corrupted record with its position already
+        if status == StatusCode::INTERNAL_SERVER_ERROR && err.kind() != ErrorKind::Corrupted {
             tracing::error!(error = %err, "store failed");
         }
         api

@@ -76,7 +76,14 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
     if state.memory.over_soft_limit() {
         return Err(ApiError::overloaded("over the memory soft limit"));
     }
-    state.store.ready().await?;
+    // not ready is always 503, whatever the store's reason (a full disk answers PATCHes 507)
+    if let Err(err) = state.store.ready().await {
+        let code = match ApiError::from(err) {
+            api if api.status == StatusCode::INSUFFICIENT_STORAGE => (api.code, api.message),
+            api => ("unavailable", api.message),
+        };
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code.0, code.1).retry_after(1));
+    }
     Ok(json(StatusCode::OK, r#"{"status":"ready"}"#))
 }
 

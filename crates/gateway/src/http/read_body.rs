@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::Frame;
 
 use super::AppState;
+use super::error::ApiError;
 use crate::budget::Reservation;
 use crate::store::ErrorKind;
 use crate::stream_id::StreamId;
@@ -37,6 +38,8 @@ struct Reader {
     /// Budget for the chunk handed out last; released when the next one is asked for, by then
     /// hyper has taken the previous one.
     held: Option<Reservation>,
+    /// The first chunk, read before the response started (see [`ReadBody::open`]).
+    first: Option<(Bytes, Reservation)>,
 }
 
 impl ReadBody {
@@ -48,9 +51,37 @@ impl ReadBody {
                 offset,
                 follow,
                 held: None,
+                first: None,
             }),
             pending: None,
         }
+    }
+
+    /// A body whose first chunk is read now, so a failure there (a record that fails its
+    /// checksum: 500 `data_corrupted`) is an error answer rather than a 200 cut short. Later
+    /// failures can only end the body early: its bytes are never served.
+    pub async fn open(
+        state: Arc<AppState>,
+        id: StreamId,
+        offset: u64,
+        follow: bool,
+    ) -> Result<Self, ApiError> {
+        let chunk_bytes = state.limits.chunk_bytes;
+        let Some(reservation) = state
+            .budget
+            .reserve(chunk_bytes, state.limits.budget_patience)
+            .await
+        else {
+            return Err(ApiError::overloaded("memory budget exhausted"));
+        };
+        let chunk = state.store.read(&id, offset, chunk_bytes).await?;
+        let mut body = ReadBody::new(state, id, offset, follow);
+        if !chunk.data.is_empty()
+            && let Some(reader) = body.reader.as_mut()
+        {
+            reader.first = Some((chunk.data, reservation));
+        }
+        Ok(body)
     }
 }
 
@@ -64,6 +95,15 @@ impl Reader {
     async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         let chunk_bytes = self.state.limits.chunk_bytes;
         let mut shutdown = self.state.shutdown.clone();
+        if let Some((data, reservation)) = self.first.take() {
+            self.offset += data.len() as u64;
+            self.state
+                .metrics
+                .read_bytes
+                .fetch_add(data.len() as u64, Relaxed);
+            self.held = Some(reservation);
+            return Some(Ok(data));
+        }
         loop {
             let Some(reservation) = self
                 .state

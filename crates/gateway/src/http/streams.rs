@@ -107,7 +107,7 @@ pub async fn read(
             ),
         ));
     }
-    let body = ReadBody::new(Arc::clone(&state), id, offset, follow);
+    let body = ReadBody::open(Arc::clone(&state), id, offset, follow).await?;
     let mut response = Body::new(body).into_response();
     let h = response.headers_mut();
     h.insert(

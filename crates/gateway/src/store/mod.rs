@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod nats;
+pub mod retention;
 pub mod testsuite;
 
 use std::time::{Duration, SystemTime};
@@ -110,6 +111,12 @@ pub enum ErrorKind {
     Internal,
     /// One append carries more bytes than the backend takes in one call; split it.
     TooLarge,
+    /// Stored bytes fail their checksum: they are not served. [`StoreError::committed`] is the
+    /// stream offset where the damaged record starts.
+    Corrupted,
+    /// The disk is full: nothing was written; retry once space is back.
+    /// [`StoreError::committed`] is the stream's committed length, when known.
+    InsufficientStorage,
 }
 
 /// An error of a store operation. Carries no backtrace, by design.
@@ -160,6 +167,24 @@ impl StoreError {
             ErrorKind::TooLarge,
             format!("an append of {len} bytes is more than the {max} bytes allowed"),
         )
+    }
+
+    /// Bytes of a stream fail their checksum at stream offset `offset`.
+    pub fn corrupted(message: impl Into<String>, offset: u64) -> Self {
+        StoreError {
+            kind: ErrorKind::Corrupted,
+            message: message.into(),
+            committed: Some(offset),
+        }
+    }
+
+    /// No space for a write; `committed` is the stream's committed length, when known.
+    pub fn insufficient_storage(message: impl Into<String>, committed: Option<u64>) -> Self {
+        StoreError {
+            kind: ErrorKind::InsufficientStorage,
+            message: message.into(),
+            committed,
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -12,8 +12,10 @@ use super::{ErrorKind, Store, StoreError};
 use crate::stream_id::StreamId;
 
 mod concurrent;
+mod retention;
 
 pub use self::concurrent::{concurrent_appenders, many_streams, wait_wakes_and_times_out};
+pub use self::retention::expires_after_max_age;
 
 /// Runs every check, one after the other.
 pub async fn run_all(store: &dyn Store) {

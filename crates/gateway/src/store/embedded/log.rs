@@ -1,15 +1,13 @@
-//! The write-ahead log: record framing, segment files, and the recovery scan.
+//! The write-ahead log: record framing, checks, and segment files.
 //!
 //! A record is a 16-byte header (magic, type, 3 zero bytes, payload length, crc32 over the first
 //! 12 header bytes and the payload) followed by the payload. Every integer is little endian.
 //! The log is the truth; the redb index only says where things are.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-use crate::store::StoreError;
 
 /// Size of a record header.
 pub(super) const HEADER_LEN: usize = 16;
@@ -18,9 +16,9 @@ pub(super) const APPEND_DATA_OFFSET: u64 = HEADER_LEN as u64 + 24;
 /// Largest payload a valid record can have; anything bigger is treated as corruption.
 pub(super) const MAX_PAYLOAD: u32 = 8 << 20;
 
-const MAGIC: u32 = 0x5347_5745; // "EWGS" read as little endian bytes
+pub(super) const MAGIC: u32 = 0x5347_5745; // "EWGS" read as little endian bytes
 const CREATE: u8 = 1;
-const APPEND: u8 = 2;
+pub(super) const APPEND: u8 = 2;
 const SEAL: u8 = 3;
 const DELETE: u8 = 4;
 
@@ -121,25 +119,75 @@ fn decode(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
     }
 }
 
-/// Path of segment `number` under the store directory.
-pub(super) fn segment_path(dir: &Path, number: u64) -> PathBuf {
-    dir.join("segments").join(format!("{number:020}.seg"))
+/// Bits of a segment id that hold the segment's number; the generation is above them.
+const NUMBER_BITS: u32 = 48;
+
+/// A segment file: its place in the log (`number`) and how often compaction or repair rewrote
+/// it (`generation`). The index names a segment by [`SegmentId::packed`], so a rewritten segment gets
+/// new positions under a new id while the old file still exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct SegmentId {
+    pub(super) number: u64,
+    pub(super) generation: u64,
 }
 
-/// Numbers of the segment files present, ascending.
-pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut numbers = Vec::new();
+impl SegmentId {
+    pub(super) fn new(number: u64, generation: u64) -> Self {
+        SegmentId { number, generation }
+    }
+
+    pub(super) fn packed(self) -> u64 {
+        (self.generation << NUMBER_BITS) | self.number
+    }
+
+    pub(super) fn unpack(packed: u64) -> Self {
+        SegmentId {
+            number: packed & ((1 << NUMBER_BITS) - 1),
+            generation: packed >> NUMBER_BITS,
+        }
+    }
+
+    /// The file name: `{number:020}.seg`, or `{number:020}.{generation}.seg` once rewritten.
+    pub(super) fn file_name(self) -> String {
+        if self.generation == 0 {
+            format!("{:020}.seg", self.number)
+        } else {
+            format!("{:020}.{}.seg", self.number, self.generation)
+        }
+    }
+
+    pub(super) fn path(self, dir: &Path) -> PathBuf {
+        dir.join("segments").join(self.file_name())
+    }
+}
+
+impl std::fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.file_name())
+    }
+}
+
+/// Segment files present (every generation), ascending by number then generation.
+pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<SegmentId>> {
+    let mut ids = Vec::new();
     for entry in fs::read_dir(dir.join("segments"))? {
         let name = entry?.file_name();
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
             continue;
         };
-        if let Ok(n) = stem.parse::<u64>() {
-            numbers.push(n);
+        let (number, generation) = match stem.split_once('.') {
+            Some((n, g)) => (n.parse::<u64>(), g.parse::<u64>()),
+            None => (stem.parse::<u64>(), Ok(0)),
+        };
+        if let (Ok(number), Ok(generation)) = (number, generation)
+            && number < (1 << NUMBER_BITS)
+            && generation < (1 << (64 - NUMBER_BITS))
+        {
+            ids.push(SegmentId { number, generation });
         }
     }
-    numbers.sort_unstable();
-    Ok(numbers)
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// Makes a directory entry change (a created or removed file) durable.
@@ -147,19 +195,25 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Whether an I/O error means "no space left" (full disk or quota).
+pub(super) fn is_no_space(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 /// The segment being appended to.
 pub(super) struct SegmentWriter {
     dir: PathBuf,
-    number: u64,
+    id: SegmentId,
     file: File,
-    /// Where the next record goes: the segment's valid length.
+    /// Where the next record goes: the segment's valid length. Advances only after a write
+    /// and its fdatasync both succeeded.
     pos: u64,
 }
 
 impl SegmentWriter {
-    /// Opens segment `number` for writing at `pos` (its valid length, after recovery).
-    pub(super) fn open(dir: &Path, number: u64, pos: u64) -> io::Result<Self> {
-        let path = segment_path(dir, number);
+    /// Opens segment `id` for writing at `pos` (its valid length, after recovery).
+    pub(super) fn open(dir: &Path, id: SegmentId, pos: u64) -> io::Result<Self> {
+        let path = id.path(dir);
         let existed = path.exists();
         let file = OpenOptions::new()
             .create(true)
@@ -171,157 +225,164 @@ impl SegmentWriter {
         }
         Ok(SegmentWriter {
             dir: dir.to_owned(),
-            number,
+            id,
             file,
             pos,
         })
     }
 
-    pub(super) fn number(&self) -> u64 {
-        self.number
+    pub(super) fn id(&self) -> SegmentId {
+        self.id
     }
 
     pub(super) fn pos(&self) -> u64 {
         self.pos
     }
 
-    /// Writes `buf` at the end of the segment (not yet durable).
-    pub(super) fn write(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(buf, self.pos)?;
-        self.pos += buf.len() as u64;
-        Ok(())
+    pub(super) fn file(&self) -> &File {
+        &self.file
     }
 
-    /// Makes everything written durable.
-    pub(super) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+    /// Writes `buf` at the end of the segment and fdatasyncs it. On failure the segment is cut
+    /// back to where it was (the bytes were never acknowledged), so the next write starts at a
+    /// clean end; an error of that cut is returned as the second element: the tail is then
+    /// unknown and the store must stop writing.
+    pub(super) fn write_durably(
+        &mut self,
+        buf: &[u8],
+    ) -> Result<(), (io::Error, Option<io::Error>)> {
+        let result = self
+            .file
+            .write_all_at(buf, self.pos)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.pos += buf.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                let cut = self
+                    .file
+                    .set_len(self.pos)
+                    .and_then(|()| self.file.sync_data())
+                    .err();
+                Err((err, cut))
+            }
+        }
     }
 
     /// Starts the next segment. The caller has synced this one.
     pub(super) fn roll(&mut self) -> io::Result<()> {
-        *self = SegmentWriter::open(&self.dir, self.number + 1, 0)?;
+        let next = SegmentId::new(self.id.number + 1, 0);
+        *self = SegmentWriter::open(&self.dir, next, 0)?;
         Ok(())
     }
 }
 
-/// What the recovery scan found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct ScanOutcome {
-    /// Where the valid log ends: segment number and length.
-    pub(super) end: (u64, u64),
-    pub(super) records: u64,
-    pub(super) bytes: u64,
-    pub(super) truncated_bytes: u64,
-}
-
-/// Reads every valid record from `from` (segment, position) on, calling `apply` with each record
-/// and the position of its header. Truncates a torn or corrupt tail. Corruption followed by valid
-/// segments is an error: it is damage, not a crash, and truncating would destroy acknowledged data.
-pub(super) fn scan(
-    dir: &Path,
-    from: (u64, u64),
-    mut apply: impl FnMut(Record<'_>, u64, u64) -> Result<(), StoreError>,
-) -> Result<ScanOutcome, StoreError> {
-    let io_err = |what: &str, err: io::Error| StoreError::internal(format!("{what}: {err}"));
-    let segments = list_segments(dir).map_err(|e| io_err("listing segments", e))?;
-    if from.1 > 0 && !segments.contains(&from.0) {
-        return Err(StoreError::internal(format!(
-            "segment {} named by the index checkpoint is missing",
-            from.0
-        )));
+/// Reads the record at `pos` of `file` (`file_len` bytes) into `payload` and checks its frame,
+/// checksum and shape: whether a valid record is there.
+pub(super) fn read_record_at(
+    file: &File,
+    pos: u64,
+    file_len: u64,
+    payload: &mut Vec<u8>,
+) -> io::Result<bool> {
+    if pos + HEADER_LEN as u64 > file_len {
+        return Ok(false);
     }
-    let mut outcome = ScanOutcome {
-        end: from,
-        ..ScanOutcome::default()
-    };
-    let later: Vec<u64> = segments.iter().copied().filter(|&n| n >= from.0).collect();
-    let mut payload = Vec::new();
-    for (i, &number) in later.iter().enumerate() {
-        let path = segment_path(dir, number);
-        let file = File::open(&path).map_err(|e| io_err("opening segment", e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| io_err("segment size", e))?
-            .len();
-        let mut pos = if number == from.0 { from.1 } else { 0 };
-        if pos > file_len {
-            return Err(StoreError::internal(format!(
-                "segment {number} is {file_len} bytes, shorter than the checkpoint at {pos}"
-            )));
-        }
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        reader
-            .seek(SeekFrom::Start(pos))
-            .map_err(|e| io_err("seeking segment", e))?;
-        loop {
-            match read_record(&mut reader, &mut payload) {
-                Ok(Some(kind)) => {
-                    let len = (HEADER_LEN + payload.len()) as u64;
-                    match decode(kind, &payload) {
-                        Some(record) => apply(record, number, pos)?,
-                        None => break,
-                    }
-                    outcome.records += 1;
-                    outcome.bytes += len;
-                    pos += len;
-                }
-                Ok(None) => break,
-                Err(err) => return Err(io_err("reading segment", err)),
-            }
-        }
-        outcome.end = (number, pos);
-        if pos == file_len {
-            continue;
-        }
-        // a torn or corrupt record at `pos`: acceptable only if nothing valid follows
-        let rest = &later[i + 1..];
-        for &next in rest {
-            let len = fs::metadata(segment_path(dir, next))
-                .map_err(|e| io_err("segment size", e))?
-                .len();
-            if len > 0 {
-                return Err(StoreError::internal(format!(
-                    "segment {number} is corrupt at byte {pos} and segment {next} follows with data; refusing to truncate"
-                )));
-            }
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_err("opening segment", e))?;
-        file.set_len(pos)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_err("truncating segment", e))?;
-        for &next in rest {
-            fs::remove_file(segment_path(dir, next)).map_err(|e| io_err("removing segment", e))?;
-        }
-        sync_dir(&dir.join("segments")).map_err(|e| io_err("syncing directory", e))?;
-        outcome.truncated_bytes = file_len - pos;
-        break;
-    }
-    Ok(outcome)
-}
-
-/// Reads one record into `payload`. `Ok(None)` for a torn or corrupt record (or the end).
-fn read_record(reader: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<Option<u8>> {
     let mut header = [0u8; HEADER_LEN];
-    if !read_full(reader, &mut header)? {
-        return Ok(None);
+    file.read_exact_at(&mut header, pos)?;
+    let Some((len, crc)) = check_header(&header) else {
+        return Ok(false);
+    };
+    if pos + HEADER_LEN as u64 + u64::from(len) > file_len {
+        return Ok(false);
     }
+    payload.resize(len as usize, 0);
+    file.read_exact_at(payload, pos + HEADER_LEN as u64)?;
+    Ok(checksum(&header, payload) == crc && decode(header[4], payload).is_some())
+}
+
+/// The first position after `from` where a valid record starts, searching the magic number
+/// and checking each candidate. For telling damage (valid records follow) from a torn tail.
+pub(super) fn find_next_record(file: &File, from: u64, file_len: u64) -> io::Result<Option<u64>> {
+    const BLOCK: usize = 1 << 20;
+    let magic = MAGIC.to_le_bytes();
+    let mut block = vec![0u8; BLOCK];
+    let mut payload = Vec::new();
+    let mut at = from + 1;
+    while at + HEADER_LEN as u64 <= file_len {
+        let n = (file_len - at).min(BLOCK as u64) as usize;
+        file.read_exact_at(&mut block[..n], at)?;
+        for i in 0..n.saturating_sub(3) {
+            if block[i..i + 4] == magic {
+                let candidate = at + i as u64;
+                if read_record_at(file, candidate, file_len, &mut payload)? {
+                    return Ok(Some(candidate));
+                }
+            }
+        }
+        // candidates starting in the last 3 bytes are checked with the next block
+        at += n.saturating_sub(3).max(1) as u64;
+    }
+    Ok(None)
+}
+
+/// Decodes a record whose frame was checked by [`read_record_at`].
+pub(super) fn decode_checked(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
+    decode(kind, payload)
+}
+
+/// Checks an append record read in two parts: `head` (header, key, offset, time) and its
+/// `data`. The read path calls it before serving any byte of the record.
+pub(super) fn verify_append_parts(head: &[u8; APPEND_DATA_OFFSET as usize], data: &[u8]) -> bool {
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&head[..HEADER_LEN]);
+    let Some((len, crc)) = check_header(&header) else {
+        return false;
+    };
+    if header[4] != APPEND || len as usize != data.len() + 24 {
+        return false;
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&head[..12]);
+    hasher.update(&head[HEADER_LEN..]);
+    hasher.update(data);
+    hasher.finalize() == crc
+}
+
+/// Magic, zero bytes and a plausible length; returns (payload length, crc).
+fn check_header(header: &[u8; HEADER_LEN]) -> Option<(u32, u32)> {
     let field =
         |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let (magic, len, crc) = (field(0), field(8), field(12));
     if magic != MAGIC || header[5..8] != [0, 0, 0] || len > MAX_PAYLOAD {
+        return None;
+    }
+    Some((len, crc))
+}
+
+fn checksum(header: &[u8; HEADER_LEN], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[..12]);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Reads one record into `payload`. `Ok(None)` for a torn or corrupt record (or the end).
+pub(super) fn read_record(reader: &mut impl Read, payload: &mut Vec<u8>) -> io::Result<Option<u8>> {
+    let mut header = [0u8; HEADER_LEN];
+    if !read_full(reader, &mut header)? {
         return Ok(None);
     }
+    let Some((len, crc)) = check_header(&header) else {
+        return Ok(None);
+    };
     payload.resize(len as usize, 0);
     if !read_full(reader, payload)? {
         return Ok(None);
     }
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[..12]);
-    hasher.update(payload);
-    if hasher.finalize() != crc {
+    if checksum(&header, payload) != crc || decode(header[4], payload).is_none() {
         return Ok(None);
     }
     Ok(Some(header[4]))

@@ -11,7 +11,7 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Log bytes replayed.
     pub bytes: u64,
-    /// Bytes cut from a torn or corrupt tail.
+    /// Bytes of a torn last write cut from the log's end (copied to `quarantine/` first).
     pub truncated_bytes: u64,
     /// Milliseconds the recovery took.
     pub millis: u64,
@@ -23,6 +23,13 @@ pub(super) struct Metrics {
     pub(super) fsyncs: AtomicU64,
     pub(super) appended_bytes: AtomicU64,
     pub(super) checkpoints: AtomicU64,
+    /// Reads refused because a record failed its checksum.
+    pub(super) corrupt_reads: AtomicU64,
+    /// Appends refused because the disk is full.
+    pub(super) no_space: AtomicU64,
+    pub(super) compacted_segments: AtomicU64,
+    pub(super) reclaimed_bytes: AtomicU64,
+    pub(super) expired_streams: AtomicU64,
     pub(super) batch_records: Histogram,
     pub(super) fsync_seconds: Histogram,
     /// Filled once at open.
@@ -36,6 +43,11 @@ impl Metrics {
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            corrupt_reads: AtomicU64::new(0),
+            no_space: AtomicU64::new(0),
+            compacted_segments: AtomicU64::new(0),
+            reclaimed_bytes: AtomicU64::new(0),
+            expired_streams: AtomicU64::new(0),
             batch_records: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             fsync_seconds: Histogram::new(&[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -65,6 +77,31 @@ impl Metrics {
                 "checkpoints_total",
                 "durable index commits",
                 &self.checkpoints,
+            ),
+            (
+                "corrupt_reads_total",
+                "reads refused because a stored record failed its checksum",
+                &self.corrupt_reads,
+            ),
+            (
+                "no_space_total",
+                "appends refused because the disk is full",
+                &self.no_space,
+            ),
+            (
+                "compacted_segments_total",
+                "segments rewritten or removed by compaction",
+                &self.compacted_segments,
+            ),
+            (
+                "reclaimed_bytes_total",
+                "disk bytes given back by compaction",
+                &self.reclaimed_bytes,
+            ),
+            (
+                "expired_streams_total",
+                "streams deleted by retention",
+                &self.expired_streams,
             ),
         ];
         for (name, help, value) in counters {

@@ -6,17 +6,23 @@
 //! log, and an append is answered only after the log fsync that covers it; the index may lag the
 //! log (it is made durable at checkpoints) and is rebuilt from the log at open.
 
+mod compact;
 mod index;
 mod log;
+mod maintenance;
 mod metrics;
 mod read;
+mod recovery;
+mod repair;
+mod scan;
+mod space;
 mod wait;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,11 +33,14 @@ use redb::Database;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::info;
 
-use self::index::{Tables, db_err};
+pub use self::compact::CompactReport;
 pub use self::metrics::RecoveryReport;
 use self::read::SegmentFiles;
+pub use self::repair::{CheckReport, RepairReport, check, repair};
+pub use self::scan::DamageReport;
 use self::wait::Waiters;
 use self::writer::{Request, Writer, WriterConfig};
+use crate::store::retention::RetentionConfig;
 use crate::store::{Appended, ErrorKind, ReadChunk, Store, StoreError, StreamInfo};
 use crate::stream_id::StreamId;
 
@@ -59,6 +68,20 @@ pub struct EmbeddedConfig {
     pub checkpoint_batches: u64,
     /// ...or after this much time, whichever comes first; recovery replays the log since then.
     pub checkpoint_interval: Duration,
+    /// Free disk bytes kept for the index, deletes and compaction: appends that would leave
+    /// less are answered [`ErrorKind::InsufficientStorage`] without touching the disk.
+    pub reserve_bytes: u64,
+    /// A closed segment is compacted once deleted streams' bytes are this share of its size.
+    pub compact_ratio: f64,
+    /// Bytes per second compaction writes at most (0: as fast as it can), so it leaves the
+    /// disk to ingest.
+    pub compact_bytes_per_sec: u64,
+    /// Streams deleted for age or size; also sets how often maintenance runs.
+    pub retention: RetentionConfig,
+    /// Whether reads check record checksums. Always on in the gateway; off only for the
+    /// benchmark that measures what the check costs (`tests/store_bench.rs`).
+    #[doc(hidden)]
+    pub verify_reads: bool,
 }
 
 impl EmbeddedConfig {
@@ -73,6 +96,11 @@ impl EmbeddedConfig {
             index_cache_bytes: 16 << 20,
             checkpoint_batches: 256,
             checkpoint_interval: Duration::from_secs(1),
+            reserve_bytes: 64 << 20,
+            compact_ratio: 0.5,
+            compact_bytes_per_sec: 64 << 20,
+            retention: RetentionConfig::default(),
+            verify_reads: true,
         }
     }
 }
@@ -87,6 +115,11 @@ pub struct EmbeddedStore {
     max_queued_bytes: usize,
     /// The writer thread, joined by `close`.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The maintenance thread (retention, compaction) and its stop signal, joined by `close`.
+    maintenance: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Settings of maintenance passes run on demand.
+    retention: RetentionConfig,
+    compact_ratio: f64,
     recovery: RecoveryReport,
 }
 
@@ -98,8 +131,22 @@ struct Shared {
     metrics: metrics::Metrics,
     /// Set by `close`: appends are refused from then on.
     closed: AtomicBool,
-    /// Set after a failed log write or index commit: the log's tail is unknown until reopened.
+    /// Set after a failed index commit or a log write that could not be cut back: the store's
+    /// state is unknown until reopened. A full disk does not set it.
     failed: AtomicBool,
+    /// Free bytes appends leave untouched (`EmbeddedConfig::reserve_bytes`).
+    reserve_bytes: u64,
+    /// Size of the largest append refused for lack of space since the last stored one (0: none):
+    /// `/readyz` reports not ready until that much is free above the reserve.
+    refused_need: AtomicU64,
+    /// Segment number of the writer's last durable checkpoint: compaction stays below it.
+    durable_segment: AtomicU64,
+    /// One compaction at a time (the maintenance thread, or `maintain` called directly).
+    compacting: Mutex<()>,
+    verify_reads: bool,
+    /// `EmbeddedConfig::compact_bytes_per_sec`.
+    compact_rate: u64,
+    dir: PathBuf,
     /// Holds the flock on `dir/LOCK` for as long as anything may write.
     _lock: File,
 }
@@ -121,7 +168,8 @@ impl EmbeddedStore {
         let lock = lock_dir(dir)?;
         let started = Instant::now();
         let db = index::open_db(&dir.join("index.redb"), config.index_cache_bytes)?;
-        let (end, next_key, mut recovery) = recover(&db, dir)?;
+        let recovered = recovery::recover(&db, dir, repair::max_write(&config))?;
+        let (end, next_key, mut recovery) = (recovered.end, recovered.next_key, recovered.report);
         recovery.millis = started.elapsed().as_millis() as u64;
         info!(
             dir = %dir.display(),
@@ -140,6 +188,13 @@ impl EmbeddedStore {
             metrics: metrics::Metrics::new(recovery),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            reserve_bytes: config.reserve_bytes,
+            refused_need: AtomicU64::new(0),
+            durable_segment: AtomicU64::new(end.0.number),
+            compacting: Mutex::new(()),
+            verify_reads: config.verify_reads,
+            compact_rate: config.compact_bytes_per_sec,
+            dir: dir.clone(),
             _lock: lock,
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);
@@ -152,6 +207,7 @@ impl EmbeddedStore {
                 max_batch_bytes: config.max_batch_bytes,
                 checkpoint_batches: config.checkpoint_batches,
                 checkpoint_interval: config.checkpoint_interval,
+                reserve_bytes: config.reserve_bytes,
             },
             next_key,
             buf: Vec::new(),
@@ -162,9 +218,24 @@ impl EmbeddedStore {
             .name("store-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| io("starting the writer for", e))?;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let maintenance = maintenance::Maintenance {
+            shared: shared.clone(),
+            tx: tx.clone(),
+            retention: config.retention.clone(),
+            compact_ratio: config.compact_ratio,
+            interval: config.retention.interval(),
+        };
+        let maintainer = std::thread::Builder::new()
+            .name("store-maintain".into())
+            .spawn(move || maintenance.run(stopped))
+            .map_err(|e| io("starting maintenance for", e))?;
         Ok(EmbeddedStore {
             shared,
             tx,
+            maintenance: Mutex::new(Some((stop, maintainer))),
+            retention: config.retention,
+            compact_ratio: config.compact_ratio,
             budget: Arc::new(Semaphore::new(config.max_queued_bytes)),
             max_queued_bytes: config.max_queued_bytes,
             writer: Mutex::new(Some(handle)),
@@ -175,6 +246,21 @@ impl EmbeddedStore {
     /// What recovery did at open.
     pub fn recovery(&self) -> RecoveryReport {
         self.recovery
+    }
+
+    /// Runs one maintenance pass now (retention, then compaction), as the maintenance thread
+    /// does every `retention.interval_secs`: returns the streams deleted and what compaction did.
+    pub async fn maintain(&self) -> Result<(u64, CompactReport), StoreError> {
+        let pass = maintenance::Maintenance {
+            shared: self.shared.clone(),
+            tx: self.tx.clone(),
+            retention: self.retention.clone(),
+            compact_ratio: self.compact_ratio,
+            interval: Duration::ZERO,
+        };
+        tokio::task::spawn_blocking(move || pass.pass())
+            .await
+            .map_err(|e| StoreError::internal(format!("store task failed: {e}")))?
     }
 
     /// Runs `f` on a blocking thread (index lookups and file reads may touch the disk).
@@ -248,36 +334,6 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// Replays the log since the index's checkpoint; returns the log end, the next stream key, and
-/// what was done.
-fn recover(db: &Database, dir: &Path) -> Result<((u64, u64), u64, RecoveryReport), StoreError> {
-    let txn = db.begin_write().map_err(db_err)?;
-    let (end, next_key, outcome) = {
-        let mut tables = Tables::open(&txn)?;
-        let from = match tables.checkpoint()? {
-            Some(checkpoint) => checkpoint,
-            None => {
-                let first = log::list_segments(dir)
-                    .map_err(|e| StoreError::internal(format!("listing segments: {e}")))?;
-                (first.first().copied().unwrap_or(0), 0)
-            }
-        };
-        let outcome = log::scan(dir, from, |record, segment, pos| {
-            tables.apply(record, segment, pos, true)
-        })?;
-        tables.set_checkpoint(outcome.end.0, outcome.end.1)?;
-        (outcome.end, tables.next_key()?, outcome)
-    };
-    txn.commit().map_err(db_err)?;
-    let report = RecoveryReport {
-        records: outcome.records,
-        bytes: outcome.bytes,
-        truncated_bytes: outcome.truncated_bytes,
-        millis: 0,
-    };
-    Ok((end, next_key, report))
-}
-
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn head(&self, id: &StreamId) -> Result<StreamInfo, StoreError> {
@@ -325,7 +381,7 @@ impl Store for EmbeddedStore {
     async fn read(&self, id: &StreamId, offset: u64, max: usize) -> Result<ReadChunk, StoreError> {
         let name = id.to_string();
         let max = max.min(MAX_READ_BYTES);
-        self.blocking(move |s| read::read(&s.db, &s.files, &name, offset, max))
+        self.blocking(move |s| read::read(s, &name, offset, max))
             .await?
             .ok_or_else(|| StoreError::not_found(id))
     }
@@ -375,7 +431,24 @@ impl Store for EmbeddedStore {
         }
         if self.shared.failed.load(SeqCst) {
             return Err(StoreError::unavailable(
-                "store failed a write; restart to recover",
+                "store failed an index update; restart to recover",
+            ));
+        }
+        let dir = self.shared.dir.clone();
+        let free = tokio::task::spawn_blocking(move || space::free_bytes_at(&dir))
+            .await
+            .ok()
+            .flatten();
+        let need = self.shared.reserve_bytes + self.shared.refused_need.load(SeqCst);
+        if let Some(free) = free
+            && free < need
+        {
+            return Err(StoreError::insufficient_storage(
+                format!(
+                    "disk full: {free} bytes free, {} kept in reserve; appends are refused until space is freed",
+                    self.shared.reserve_bytes
+                ),
+                None,
             ));
         }
         Ok(())
@@ -384,6 +457,16 @@ impl Store for EmbeddedStore {
     async fn close(&self) -> Result<(), StoreError> {
         if self.shared.closed.swap(true, SeqCst) {
             return Ok(());
+        }
+        let maintainer = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((stop, handle)) = maintainer {
+            // a pass in progress finishes first (its deletes go through the writer, still open)
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         let (reply, rx) = oneshot::channel();
         let result = match self.tx.send(Request::Close { reply }).await {

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use redb::Durability;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::Shared;
 use super::index::{Meta, Tables, db_err};
-use super::log::{Record, SegmentWriter};
-use crate::store::{Appended, StoreError, unix_now};
+use super::log::{Record, SegmentWriter, is_no_space};
+use crate::store::{Appended, ErrorKind, StoreError, unix_now};
 use crate::stream_id::StreamId;
 
 /// A request to the writer thread.
@@ -67,6 +67,9 @@ pub(super) struct WriterConfig {
     pub(super) max_batch_bytes: usize,
     pub(super) checkpoint_batches: u64,
     pub(super) checkpoint_interval: Duration,
+    /// Free bytes the disk keeps for the index, deletes and compaction: appends are refused
+    /// (507) when a batch would leave less.
+    pub(super) reserve_bytes: u64,
 }
 
 /// A log record to write, naming its variable part by the request it comes from.
@@ -164,7 +167,7 @@ impl Writer {
         let txn = self.shared.db.begin_write().map_err(db_err)?;
         {
             let mut tables = Tables::open(&txn)?;
-            tables.set_checkpoint(self.segment.number(), self.segment.pos())?;
+            tables.set_checkpoint(self.segment.id().number, self.segment.pos())?;
         }
         txn.commit().map_err(db_err)?;
         self.checkpointed();
@@ -172,6 +175,9 @@ impl Writer {
     }
 
     fn checkpointed(&mut self) {
+        self.shared
+            .durable_segment
+            .store(self.segment.id().number, SeqCst);
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.shared.metrics.checkpoints.fetch_add(1, Relaxed);
@@ -187,9 +193,16 @@ impl Writer {
         };
         let outcomes = match result {
             Ok(outcomes) => outcomes,
+            Err(err) if err.kind() == ErrorKind::InsufficientStorage => {
+                // nothing of the batch is in the log: every request fails, none is lost
+                warn!(error = %err, requests = batch.len(), "store batch refused: disk full");
+                batch.iter().map(|r| Err(self.no_space(r, &err))).collect()
+            }
             Err(err) => {
-                error!(error = %err, "store batch failed, refusing further writes");
-                self.shared.failed.store(true, SeqCst);
+                if !self.shared.failed.load(SeqCst) && err.kind() != ErrorKind::Unavailable {
+                    error!(error = %err, "store index update failed, refusing further writes");
+                    self.shared.failed.store(true, SeqCst);
+                }
                 let message = format!("store write failed: {err}");
                 batch
                     .iter()
@@ -197,6 +210,26 @@ impl Writer {
                     .collect()
             }
         };
+        // remember the largest append refused for space (for /readyz), forget it on success
+        let (mut refused, mut need, mut stored) = (0, 0, false);
+        for (request, outcome) in batch.iter().zip(&outcomes) {
+            if let Request::Append { data, .. } = request {
+                match outcome {
+                    Err(e) if e.kind() == ErrorKind::InsufficientStorage => {
+                        refused += 1;
+                        need = need.max(data.len() as u64);
+                    }
+                    Ok(_) if !data.is_empty() => stored = true,
+                    _ => {}
+                }
+            }
+        }
+        if refused > 0 {
+            self.shared.metrics.no_space.fetch_add(refused, Relaxed);
+            self.shared.refused_need.store(need, SeqCst);
+        } else if stored {
+            self.shared.refused_need.store(0, SeqCst);
+        }
         let names: Vec<String> = batch
             .iter()
             .filter_map(|r| match r {
@@ -210,6 +243,20 @@ impl Writer {
         for (request, outcome) in batch.drain(..).zip(outcomes) {
             request.answer(outcome);
         }
+    }
+
+    /// The answer to a request refused for lack of space, with its stream's committed length.
+    fn no_space(&self, request: &Request, err: &StoreError) -> StoreError {
+        let committed = match request {
+            Request::Append { id, .. } | Request::Delete { id, .. } => {
+                super::read::head(&self.shared.db, id.as_str())
+                    .ok()
+                    .flatten()
+                    .map(|i| i.length)
+            }
+            Request::Close { .. } => None,
+        };
+        StoreError::insufficient_storage(err.to_string(), committed.or(Some(0)))
     }
 
     /// Validates, logs durably, and indexes one batch; returns one outcome per request.
@@ -227,6 +274,11 @@ impl Writer {
         })
         .map_err(|e| StoreError::internal(format!("index: {e}")))?;
         let now = unix_now();
+        // bytes appends may still take on disk; deletes and seals pass regardless (they are
+        // tiny, and deletes are how an operator frees space)
+        let mut room = super::space::free_bytes(self.segment.file()).map_or(u64::MAX, |free| {
+            free.saturating_sub(self.config.reserve_bytes)
+        });
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut ops: Vec<(usize, Spec, u64, u64)> = Vec::new();
         {
@@ -234,8 +286,14 @@ impl Writer {
             let mut pending: HashMap<&str, Option<Meta>> = HashMap::new();
             self.buf.clear();
             for (i, request) in batch.iter().enumerate() {
-                let (outcome, specs) =
-                    validate(request, &tables, &mut pending, &mut self.next_key, now)?;
+                let (outcome, specs) = validate(
+                    request,
+                    &tables,
+                    &mut pending,
+                    &mut self.next_key,
+                    now,
+                    &mut room,
+                )?;
                 outcomes.push(outcome);
                 for spec in specs.into_iter().flatten() {
                     let (segment, pos) = self.add(spec.record(request, now))?;
@@ -251,7 +309,7 @@ impl Writer {
             for &(i, spec, segment, pos) in &ops {
                 tables.apply(spec.record(&batch[i], now), segment, pos, false)?;
             }
-            tables.set_checkpoint(self.segment.number(), self.segment.pos())?;
+            tables.set_checkpoint(self.segment.id().number, self.segment.pos())?;
         }
         txn.commit().map_err(db_err)?;
         let metrics = &self.shared.metrics;
@@ -265,17 +323,28 @@ impl Writer {
         Ok(outcomes)
     }
 
-    /// Adds a record to the batch buffer, rolling the segment first when it would overflow.
+    /// Adds a record to the batch buffer; a batch that would overflow the segment starts a new
+    /// one first. A batch never spans segments: it is one write, cut back whole when it fails.
     /// Returns where the record goes.
     fn add(&mut self, record: Record<'_>) -> Result<(u64, u64), StoreError> {
         let end = self.segment.pos() + self.buf.len() as u64;
-        if end > 0 && end + record.encoded_len() as u64 > self.config.segment_bytes {
-            self.flush()?;
-            self.segment
-                .roll()
-                .map_err(|e| StoreError::internal(format!("starting a segment: {e}")))?;
+        if self.buf.is_empty()
+            && end > 0
+            && end + record.encoded_len() as u64 > self.config.segment_bytes
+        {
+            self.segment.roll().map_err(|e| {
+                // nothing is written yet: the batch fails, the store goes on
+                if is_no_space(&e) {
+                    StoreError::insufficient_storage(
+                        format!("disk full: cannot start a new log segment: {e}"),
+                        None,
+                    )
+                } else {
+                    StoreError::unavailable(format!("starting a log segment: {e}"))
+                }
+            })?;
             info!(
-                segment = self.segment.number(),
+                segment = %self.segment.id(),
                 "store log rolled to a new segment"
             );
         }
@@ -287,25 +356,45 @@ impl Writer {
                 .appended_bytes
                 .fetch_add(data.len() as u64, Relaxed);
         }
-        Ok((self.segment.number(), pos))
+        Ok((self.segment.id().packed(), pos))
     }
 
-    /// Writes the buffer to the segment and fdatasyncs it.
+    /// Writes the buffer to the segment and fdatasyncs it. A failed write is cut back, so the
+    /// log ends where it did and the store keeps working: a full disk is an answer (507), not a
+    /// state. Only a failed cut leaves the tail unknown and stops writes until a reopen.
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let io = |e: std::io::Error| StoreError::internal(format!("writing the log: {e}"));
-        self.segment.write(&self.buf).map_err(io)?;
-        self.buf.clear();
         let started = Instant::now();
-        self.segment.sync().map_err(io)?;
-        let metrics = &self.shared.metrics;
-        metrics.fsyncs.fetch_add(1, Relaxed);
-        metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        let result = self.segment.write_durably(&self.buf);
+        let len = self.buf.len();
+        self.buf.clear();
+        match result {
+            Ok(()) => {
+                let metrics = &self.shared.metrics;
+                metrics.fsyncs.fetch_add(1, Relaxed);
+                metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err((err, Some(cut))) => {
+                error!(error = %err, cut_error = %cut, segment = %self.segment.id(), "store log write failed and could not be cut back; refusing further writes");
+                self.shared.failed.store(true, SeqCst);
+                Err(StoreError::unavailable(format!(
+                    "writing the log: {err}; the store must be reopened"
+                )))
+            }
+            Err((err, None)) if is_no_space(&err) => Err(StoreError::insufficient_storage(
+                format!("disk full: a write of {len} bytes to the log failed: {err}"),
+                None,
+            )),
+            Err((err, None)) => {
+                warn!(error = %err, segment = %self.segment.id(), "store log write failed; cut back, nothing acknowledged");
+                Err(StoreError::unavailable(format!("writing the log: {err}")))
+            }
+        }
     }
 }
 
@@ -319,6 +408,7 @@ fn validate<'b>(
     pending: &mut HashMap<&'b str, Option<Meta>>,
     next_key: &mut u64,
     now: u64,
+    room: &mut u64,
 ) -> Result<Validated, StoreError> {
     let mut specs = [None; 3];
     let (id, name) = match request {
@@ -354,6 +444,19 @@ fn validate<'b>(
                 Some(m) => m,
             };
             if !data.is_empty() {
+                let need = 2 * super::log::HEADER_LEN as u64 + 64 + data.len() as u64;
+                if need > *room {
+                    let err = StoreError::insufficient_storage(
+                        format!(
+                            "disk full: {} bytes free above the reserve, an append of {} bytes does not fit",
+                            *room,
+                            data.len()
+                        ),
+                        Some(meta.length),
+                    );
+                    return Ok((Err(err), [None; 3]));
+                }
+                *room -= need;
                 specs[1] = Some(Spec::Append {
                     key: meta.key,
                     offset: meta.length,

@@ -121,7 +121,11 @@ pub(super) fn stream_config(config: &NatsConfig) -> stream::Config {
         // Refuse new data when full rather than dropping acknowledged data.
         discard: DiscardPolicy::New,
         max_message_size: MAX_MESSAGE_SIZE,
-        duplicate_window: DUPLICATE_WINDOW,
+        // JetStream refuses a de-duplication window longer than the messages' max age
+        duplicate_window: match config.max_age {
+            Some(age) if !age.is_zero() => DUPLICATE_WINDOW.min(age),
+            _ => DUPLICATE_WINDOW,
+        },
         allow_direct: true,
         ..Default::default()
     }
