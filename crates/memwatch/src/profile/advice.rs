@@ -315,7 +315,8 @@ const RULES: &[Rule] = &[Rule {
     },
     fix: "log errors with Display ({} or {:#}), never {:?}; and turn library backtraces \
               off: RUST_LIB_BACKTRACE=0 (panics keep theirs), or \
-              memwatch::apply_backtrace_policy() at startup",
+              memwatch::apply_backtrace_policy() first in main \
+              (memwatch::backtrace_policy_before_main!() with #[tokio::main])",
 }];
 
 #[cfg(test)]
