@@ -7,6 +7,10 @@
 //! cargo build --profile bench-naive -p memwatch --example symbolization_cost  # debug = true
 //! RUST_BACKTRACE=1 target/<profile>/examples/symbolization_cost
 //! ```
+//!
+//! With `MEMWATCH_HEAP_DUMP=FILE` (and `MALLOC_CONF=prof:true,lg_prof_sample:12`) it also
+//! dumps the heap profile after the symbolization, to check `memwatch top --binary` on a
+//! release build's inlined frames.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -36,6 +40,9 @@ fn main() {
         .unwrap()
     });
     let (heap_after, rss_after) = (heap(), rss());
+    if let Some(path) = std::env::var_os("MEMWATCH_HEAP_DUMP") {
+        memwatch::dump_heap_profile(std::path::Path::new(&path)).unwrap();
+    }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "measured heap +{:.1} MiB, RSS +{:.1} MiB; estimated heap {:.1} MiB, total {:.1} MiB \
