@@ -107,6 +107,32 @@ impl OwnCode {
     }
 }
 
+impl OwnCode {
+    /// The index of the innermost own-code frame of a stack (leaf first) from `from` on. A
+    /// closure at the same `file:line` as the own frame that called it (a macro's closure,
+    /// `tracing::error!`'s, inlined into the function that holds the macro) gives way to that
+    /// function: the line is the same, the function's name is the one a person looks for.
+    pub fn innermost(&self, names: &[(String, Option<String>)], from: usize) -> Option<usize> {
+        let mut at =
+            (from..names.len()).find(|&i| self.is_own_frame(&names[i].0, names[i].1.as_deref()))?;
+        while is_closure(&names[at].0)
+            && let Some(next) = names.get(at + 1)
+            && next.1.is_some()
+            && next.1 == names[at].1
+            && self.is_own_frame(&next.0, next.1.as_deref())
+        {
+            at += 1;
+        }
+        Some(at)
+    }
+}
+
+/// `…::{closure#0}` (v0) or `…::{{closure}}` (legacy), generic arguments aside.
+fn is_closure(name: &str) -> bool {
+    let head = name.split('<').next().unwrap_or(name);
+    head.ends_with("{{closure}}") || head.contains("{closure#")
+}
+
 /// Sources of std (`/rustc/<hash>/…`, `/rust/deps/…`) and of registry or git dependencies.
 pub fn is_dependency_source(path: &str) -> bool {
     path.starts_with("/rustc/")
@@ -167,9 +193,7 @@ pub fn heavy_paths(profile: &Profile, own: &OwnCode) -> Vec<HeavyPath> {
     for sample in profile.samples.iter().filter(|s| s.bytes > 0) {
         let names = stack_names(profile, sample);
         let leaf = names.first().map(|(n, _)| n.clone());
-        let at = names
-            .iter()
-            .position(|(n, s)| own.is_own_frame(n, s.as_deref()));
+        let at = own.innermost(&names, 0);
         let key = match at {
             Some(i) => names[i].clone(),
             None => (NO_OWN_FRAME.to_owned(), None),
@@ -237,10 +261,9 @@ pub fn findings(profile: &Profile, own: &OwnCode) -> Vec<Finding> {
                     break;
                 }
             }
-            let site = names[outermost..]
-                .iter()
-                .find(|(n, s)| own.is_own_frame(n, s.as_deref()))
-                .cloned()
+            let site = own
+                .innermost(&names, outermost)
+                .map(|i| names[i].clone())
                 .unwrap_or((NO_OWN_FRAME.to_owned(), None));
             *sites.entry(site).or_default() += sample.bytes;
         }
@@ -315,7 +338,8 @@ const RULES: &[Rule] = &[Rule {
     },
     fix: "log errors with Display ({} or {:#}), never {:?}; and turn library backtraces \
               off: RUST_LIB_BACKTRACE=0 (panics keep theirs), or \
-              memwatch::apply_backtrace_policy() at startup",
+              memwatch::apply_backtrace_policy() first in main \
+              (memwatch::backtrace_policy_before_main!() with #[tokio::main])",
 }];
 
 #[cfg(test)]
@@ -390,6 +414,7 @@ mod tests {
                     ("<anyhow::Error as core::fmt::Debug>::fmt", 3),
                     ("core::fmt::write", 4),
                     ("svc::http::auth::{closure#0}", 0),
+                    ("svc::{closure#1}", 42),
                     ("svc::http::auth", 42),
                     ("svc::http::handle::{async_fn#0}", 7),
                     ("tokio::runtime::task::raw::poll", 9),

@@ -25,7 +25,11 @@ pub(crate) struct Qualifier {
 impl Qualifier {
     /// `name` when it is already a path, else `module::name` with the module `file` implies.
     pub(crate) fn qualify(&mut self, name: String, file: Option<&str>) -> String {
-        if name.contains("::") || name == "??" {
+        // A path already (`a::b`, `<T as a::Tr>::f`); generic arguments (`poll<a::B>`) do not
+        // make a bare name a path.
+        let head = name.split('<').next().unwrap_or_default();
+        // `__rust_alloc` and friends are the compiler's symbols, wherever they were emitted.
+        if name.starts_with('<') || name.starts_with("__") || head.contains("::") || name == "??" {
             return name;
         }
         match file.and_then(|f| self.module_path(f)) {
@@ -216,6 +220,19 @@ mod tests {
             "paths are kept"
         );
         assert_eq!(q.qualify("memcpy".into(), Some("/usr/src/x.c")), "memcpy");
+        assert_eq!(
+            q.qualify("__rust_alloc_zeroed".into(), Some(own)),
+            "__rust_alloc_zeroed"
+        );
+        let tokio = "/r/registry/src/i/tokio-1.54.1/src/runtime/task/core.rs";
+        assert_eq!(
+            q.qualify("poll<svc::Task, tokio::Sched>".into(), Some(tokio)),
+            "tokio::runtime::task::core::poll<svc::Task, tokio::Sched>"
+        );
+        assert_eq!(
+            q.qualify("<svc::A as core::fmt::Debug>::fmt".into(), Some(tokio)),
+            "<svc::A as core::fmt::Debug>::fmt"
+        );
         assert_eq!(q.qualify("{async_fn#0}".into(), None), "{async_fn#0}");
     }
 }
