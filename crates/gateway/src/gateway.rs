@@ -79,7 +79,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),
-        memory,
+        memory: memory.clone(),
     });
     let address = listener
         .local_addr()
@@ -99,6 +99,7 @@ pub async fn run(
     .await
     .context("serving HTTP")?;
     store.close().await.context("closing the store")?;
+    memory.mark_clean_exit();
     tracing::info!("stopped; everything acknowledged is durable");
     Ok(())
 }

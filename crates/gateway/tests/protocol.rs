@@ -583,6 +583,12 @@ fn over_the_memory_soft_limit_new_work_gets_503_and_a_capture_is_kept() {
     gw.kill9();
     gw.spawn();
     assert!(gw.log().contains("capture-"), "{}", gw.log());
+    // The black box in the capture directory knows, whatever the cgroup's OOM counter says.
+    assert!(gw.log().contains("was killed at"), "{}", gw.log());
+    // A graceful stop is recorded as such.
+    assert_eq!(gw.terminate(), Some(0), "{}", gw.log());
+    gw.spawn();
+    assert!(gw.log().contains("ended cleanly at"), "{}", gw.log());
 }
 
 #[test]

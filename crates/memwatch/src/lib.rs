@@ -38,6 +38,7 @@ mod serde_impls;
 mod service;
 mod snapshot;
 mod timeline_svg;
+mod utc;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,7 @@ pub use recorder::{
     RecorderConfig, RecorderError, RecorderStatus, SoftLimitConfig, Timeline, TimelineSample,
     Trigger, captures, postmortem, postmortem_with, read_timeline,
 };
+pub use recorder::{PreviousRun, read_blackbox};
 pub use service::{Builder, MemoryReport, Memwatch, RecorderState, Settings};
 pub use snapshot::{
     CounterStats, JemallocStats, MemorySnapshot, ProcessMemory, jemalloc_stats, peek_snapshot,

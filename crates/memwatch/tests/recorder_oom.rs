@@ -212,6 +212,26 @@ fn oom_burst_is_captured_before_the_kill(cgroup: &ChildCgroup) {
     let summary = memwatch::postmortem_with(&captures, Some(&figures)).to_string();
     println!("  postmortem: {summary}");
     assert!(summary.contains("has recorded 1 oom kill;"), "{summary}");
+    // Restarted in a fresh cgroup (Kubernetes restarts a container in a new one): its OOM
+    // counter is 0, the black box in the capture directory still tells.
+    let fresh = memwatch::CgroupMemory {
+        oom_kills: Some(0),
+        path: PathBuf::from("/sys/fs/cgroup/fresh"),
+        ..figures
+    };
+    let after_restart = memwatch::postmortem_with(&captures, Some(&fresh));
+    println!("  postmortem in a fresh cgroup: {after_restart}");
+    let run = after_restart.previous_run.as_ref().expect("a black box");
+    assert!(!run.clean && after_restart.has_incident());
+    assert!(run.share >= 0.85, "killed near the limit: {}", run.share);
+    assert!(run.ended_unix_ms <= died_at_ms && run.ended_unix_ms + 2000 >= died_at_ms);
+    assert_eq!(after_restart.previous_run_captures, complete.len());
+    let text = after_restart.to_string();
+    assert!(
+        text.contains("the previous run (pid") && text.contains("was killed at"),
+        "{text}"
+    );
+    assert!(text.contains("of its 256.0 MiB limit"), "{text}");
 }
 
 fn incident_is_captured_the_first_time(cgroup: &ChildCgroup) {

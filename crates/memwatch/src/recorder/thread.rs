@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::blackbox::BlackBox;
 use super::capture::{Capturer, Moment};
 use super::config::{LimitSource, Measure, RecorderConfig};
 use super::error::RecorderError;
@@ -29,6 +30,9 @@ use super::status::{LastCapture, RecorderStatus};
 use super::timeline::Ring;
 use super::wake;
 use crate::cgroup::{CgroupVersion, cgroup_memory};
+
+/// How much of the newest timeline the black box keeps on disk (160 KiB at 1 ms).
+const BLACKBOX_SPAN: Duration = Duration::from_secs(10);
 
 /// While over the soft limit, ask jemalloc to purge at most this often.
 const PURGE_EVERY_NS: u64 = 1_000_000_000;
@@ -45,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) soft_limit_entries_total: AtomicU64,
     /// Updated after each capture only, never in the sampling loop.
     pub(crate) status: Mutex<RecorderStatus>,
+    /// Written by the thread every tick; marked clean by the handle at stop.
+    pub(crate) blackbox: BlackBox,
 }
 
 /// Sets everything up on the calling thread, then starts the recorder thread.
@@ -120,6 +126,15 @@ pub(crate) fn spawn(
     let soft = config
         .soft_limit
         .map(|s| SoftLimit::new(share_of(limit, s.high), share_of(limit, s.low)));
+    let blackbox = BlackBox::create(
+        &config.capture_dir,
+        limit,
+        source,
+        cgroup_counts,
+        resolution_ns,
+        BLACKBOX_SPAN,
+    )
+    .map_err(io_err)?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         capture_requested: AtomicBool::new(false),
@@ -128,6 +143,7 @@ pub(crate) fn spawn(
         purges_total: AtomicU64::new(0),
         soft_limit_entries_total: AtomicU64::new(0),
         status: Mutex::new(RecorderStatus::new(&config.capture_dir, limit, source)),
+        blackbox,
     });
     let (fine, coarse, fold) = config.timeline_samples();
     let mut state = State {
@@ -206,6 +222,7 @@ impl State {
         }
         crate::peaks::drain_allocated();
         self.ring.push(at_us, allocated, cgroup);
+        self.shared.blackbox.push(at_us, allocated, cgroup);
         self.shared.samples_total.fetch_add(1, Ordering::Relaxed);
 
         // An allocation may have crossed and already been freed (a 5 ms spike): the level it

@@ -94,6 +94,14 @@ impl Memwatch {
             .is_some()
     }
 
+    /// Records that this run ends cleanly (see [`Recorder::mark_clean_exit`]); dropping the
+    /// last handle does it too. Without it, the next start reports the run as killed.
+    pub fn mark_clean_exit(&self) {
+        if let Some(recorder) = &self.inner.recorder {
+            recorder.mark_clean_exit();
+        }
+    }
+
     /// The running recorder, if any.
     pub fn recorder(&self) -> Option<&Recorder> {
         self.inner.recorder.as_ref()
