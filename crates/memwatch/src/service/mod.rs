@@ -40,7 +40,7 @@ impl std::fmt::Debug for Memwatch {
     }
 }
 
-/// Settings for [`Memwatch::start`]; see [`Memwatch::builder`].
+/// Settings for starting memwatch: see [`Memwatch::builder`], then [`Builder::start`].
 #[must_use]
 pub struct Builder {
     config: RecorderConfig,
