@@ -72,6 +72,7 @@ impl Recorder {
         hook: Option<EventHook>,
     ) -> Result<Self, RecorderError> {
         config.validate()?;
+        crate::set_peak_window(config.peak_window);
         if RUNNING.swap(true, Ordering::AcqRel) {
             return Err(RecorderError::AlreadyRunning);
         }
