@@ -2,9 +2,10 @@
 # Runs memwatch's two examples as a newcomer would, briefly (CI): the batch worker twice (its
 # captures, then the post-mortem of the first run at the second start) and the axum quick
 # start (memory JSON, a requested capture, metrics, a flame graph), then `memwatch report` on
-# a capture of each. Expects the examples and the CLI built (cargo test builds them).
+# a capture of each. Builds them as `cargo test --workspace` does (nothing to do after it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cargo build --workspace --examples --bins --locked --quiet
 bin=target/debug
 work=$(mktemp -d)
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
