@@ -355,12 +355,19 @@ fn child_pagecache() -> ExitCode {
     assert!(fd >= 0, "memfd_create");
     let chunk = vec![0x5au8; MIB as usize];
     let usage = || memwatch::cgroup_memory().unwrap().usage_bytes.unwrap();
+    // Like the incident, it keeps growing past 90 % (to 93 %): the moment it first reads
+    // 90 % is the crossing the rung must follow within 100 ms.
+    let mut crossed = false;
     for _ in 0..(LIMIT * 95 / 100 / MIB) {
         // SAFETY: writes a live buffer to our descriptor.
         let n = unsafe { libc::write(fd, chunk.as_ptr().cast(), chunk.len()) };
         assert_eq!(n, chunk.len() as isize);
-        if usage() >= LIMIT * 9 / 10 {
+        let now = usage();
+        if !crossed && now >= LIMIT * 9 / 10 {
+            crossed = true;
             println!("pagecache: crossed 90 % at unix ms {}", unix_ms());
+        }
+        if now >= LIMIT * 93 / 100 {
             break;
         }
     }
