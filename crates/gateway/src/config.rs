@@ -348,6 +348,33 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("not a size"), "{err:#}");
 
+        // [memory] is memwatch's Settings: its keys, its checks, its messages.
+        std::fs::write(
+            &file,
+            "[memory]\nmeasure = \"cgroup-usage\"\npeak_window_seconds = 30\n",
+        )
+        .unwrap();
+        let config = Config::load(Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(config.memory.measure, memwatch::Measure::CgroupUsage);
+        assert_eq!(config.memory.peak_window_seconds, 30);
+        for (toml, needle) in [
+            ("[memory]\nmeasure = \"rss\"\n", "measure"),
+            ("[memory]\nladder = [1.5]\n", "ladder"),
+            ("[memory]\nlimit_bytes = 0\n", "limit_bytes"),
+        ] {
+            std::fs::write(&file, toml).unwrap();
+            let err = Config::load(Overrides {
+                config: Some(file.clone()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{toml}: {err:#}");
+        }
+
         std::fs::write(&file, "[limits]\nmax_conections = 7\n").unwrap();
         let err = Config::load(Overrides {
             config: Some(file.clone()),

@@ -125,7 +125,7 @@ pub async fn run(
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),
         draining,
-        memory,
+        memory: memory.clone(),
         access_log: config.access_log,
     });
     let address = listener
@@ -149,6 +149,7 @@ pub async fn run(
         .close()
         .await
         .context(StoreFailed("closing the store"))?;
+    memory.mark_clean_exit();
     Ok(match drain {
         Drain::Clean => {
             tracing::info!("stopped; everything acknowledged is durable");

@@ -579,10 +579,29 @@ fn over_the_memory_soft_limit_new_work_gets_503_and_a_capture_is_kept() {
         captures.iter().any(|n| n.starts_with("capture-")),
         "{captures:?}"
     );
+    // Each capture is a WARN line with its trigger, share of the limit and path.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("memory capture written") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("memory capture written"))
+        .unwrap_or_else(|| panic!("no capture line in\n{log}"));
+    for field in ["WARN", "trigger=", "share=", "path="] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
     // The next start reports what the previous run left.
     gw.kill9();
     gw.spawn();
     assert!(gw.log().contains("capture-"), "{}", gw.log());
+    // The black box in the capture directory knows, whatever the cgroup's OOM counter says.
+    assert!(gw.log().contains("was killed at"), "{}", gw.log());
+    // A graceful stop is recorded as such.
+    assert_eq!(gw.terminate(), Some(0), "{}", gw.log());
+    gw.spawn();
+    assert!(gw.log().contains("ended cleanly at"), "{}", gw.log());
 }
 
 #[test]

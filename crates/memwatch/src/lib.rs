@@ -16,12 +16,18 @@
 //! // The MALLOC_CONF environment variable still overrides it (e.g. MALLOC_CONF=prof:false).
 //! memwatch::malloc_conf!();
 //!
-//! fn main() {
+//! fn main() -> Result<(), memwatch::RecorderError> {
 //!     // First thing, while the process has one thread.
-//!     let policy = memwatch::apply_backtrace_policy();
-//!     // ... start logging, then: info!(%policy, "backtrace policy");
+//!     eprintln!("{}", memwatch::apply_backtrace_policy());
+//!     // The post-mortem of the previous run, then the flight recorder (limit: the cgroup's).
+//!     let mw = memwatch::Memwatch::builder().capture_dir("memwatch").start()?;
+//!     // ... serve; render mw.metrics_text(), mw.report(), check mw.over_soft_limit().
+//!     Ok(())
 //! }
 //! ```
+//!
+//! HTTP routes and the soft-limit layer for axum: the `memwatch-axum` crate. The README
+//! (`crates/memwatch/README.md`) has the quick start, the defaults and the runbook.
 //!
 //! **Architecture invariant:** the allocation path ([`Allocator`]) never allocates, locks or
 //! does I/O; everything else in this crate may, and is meant for scrapes and startup.
@@ -38,6 +44,7 @@ mod serde_impls;
 mod service;
 mod snapshot;
 mod timeline_svg;
+mod utc;
 
 use std::path::PathBuf;
 
@@ -58,6 +65,7 @@ pub use recorder::{
     RecorderConfig, RecorderError, RecorderStatus, SoftLimitConfig, Timeline, TimelineSample,
     Trigger, captures, postmortem, postmortem_with, read_timeline,
 };
+pub use recorder::{PreviousRun, read_blackbox};
 pub use service::{Builder, MemoryReport, Memwatch, RecorderState, Settings};
 pub use snapshot::{
     CounterStats, JemallocStats, MemorySnapshot, ProcessMemory, jemalloc_stats, peek_snapshot,

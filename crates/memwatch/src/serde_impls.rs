@@ -8,8 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     CgroupMemory, CgroupVersion, CounterStats, JemallocStats, LastCapture, LimitSource, Measure,
-    MemoryReport, MemorySnapshot, Postmortem, ProcessMemory, RecorderState, RecorderStatus,
-    Trigger,
+    MemoryReport, MemorySnapshot, Postmortem, PreviousRun, ProcessMemory, RecorderState,
+    RecorderStatus, Trigger,
 };
 
 fn micros(d: std::time::Duration) -> u64 {
@@ -146,7 +146,7 @@ impl Serialize for LastCapture {
 
 impl Serialize for Postmortem {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Postmortem", 7)?;
+        let mut st = s.serialize_struct("Postmortem", 9)?;
         st.serialize_field("summary", &self.to_string())?;
         st.serialize_field("incident", &self.has_incident())?;
         st.serialize_field("oom_kills", &self.oom_kills)?;
@@ -155,6 +155,24 @@ impl Serialize for Postmortem {
         st.serialize_field("capture_dir", &self.capture_dir.display().to_string())?;
         let latest = self.latest.as_ref().map(|c| c.path.display().to_string());
         st.serialize_field("latest", &latest)?;
+        st.serialize_field("previous_run", &self.previous_run)?;
+        st.serialize_field("previous_run_captures", &self.previous_run_captures)?;
+        st.end()
+    }
+}
+
+impl Serialize for PreviousRun {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("PreviousRun", 9)?;
+        st.serialize_field("pid", &self.pid)?;
+        st.serialize_field("killed", &!self.clean)?;
+        st.serialize_field("started_unix_ms", &self.started_unix_ms)?;
+        st.serialize_field("ended_unix_ms", &self.ended_unix_ms)?;
+        st.serialize_field("limit_bytes", &self.limit_bytes)?;
+        st.serialize_field("limit_source", &self.limit_source)?;
+        st.serialize_field("allocated_bytes", &self.allocated_bytes)?;
+        st.serialize_field("cgroup_usage_bytes", &self.cgroup_usage_bytes)?;
+        st.serialize_field("share", &self.share)?;
         st.end()
     }
 }

@@ -363,6 +363,13 @@ fn the_builder_reads_the_postmortem_starts_the_recorder_and_reports_each_capture
     // The next start sees the capture; a bad setting fails before anything starts.
     let mw = start(std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
     assert_eq!(mw.postmortem().captures, 1);
+    let previous = mw.postmortem().previous_run.clone().unwrap();
+    assert!(
+        previous.clean,
+        "the first run stopped its recorder: {previous:?}"
+    );
+    assert_eq!(mw.postmortem().previous_run_captures, 1);
+    assert!(!mw.postmortem().to_string().contains("killed"));
     drop(mw);
     let err = memwatch::Memwatch::builder()
         .configure(|c| c.ladder = vec![1.5])

@@ -139,6 +139,7 @@ fn report_explains_a_real_capture_and_rejects_bad_input() {
     config.growth = None;
     config.soft_limit = None;
     config.cooldown = Duration::ZERO;
+    config.measure = memwatch::Measure::Allocated; // the wording below is for allocated bytes
     config.timeline = Duration::from_secs(5);
     config.fine_timeline = Duration::from_secs(5);
     let recorder = Recorder::start(config).unwrap();

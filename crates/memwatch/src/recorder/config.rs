@@ -74,14 +74,17 @@ pub struct SoftLimitConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Measure {
     /// Bytes allocated through [`Allocator`](crate::Allocator): seen at the allocation that
-    /// crosses a level. Misses memory not from the Rust allocator (mmaps, C libraries' own
-    /// allocators, thread stacks) and jemalloc's fragmentation.
-    #[default]
+    /// crosses a level. Misses memory not from the Rust allocator (mmaps, file pages, C
+    /// libraries' own allocators, thread stacks) and jemalloc's fragmentation.
     Allocated,
-    /// The cgroup's usage, sampled every `resolution`: what the OOM killer sees, but includes
-    /// page cache (which the kernel would reclaim first).
+    /// The cgroup's working set (usage minus inactive file cache, which the kernel reclaims
+    /// before it kills), sampled every `resolution`: what the OOM killer acts on.
     CgroupUsage,
-    /// The larger of both; the allocator still wakes the recorder early.
+    /// The larger of both (the default); the allocator still wakes the recorder at once, the
+    /// cgroup's figure is seen at the next sample (1 ms). The cgroup's counts only when the
+    /// limit in force is the cgroup's: a lower limit given by the service is this process's
+    /// budget, compared with its allocations.
+    #[default]
     Max,
 }
 

@@ -32,6 +32,11 @@ pub(crate) const TIMELINE: FileName = FileName {
     name: "timeline.bin",
 };
 
+/// The black box of the running process (see `blackbox`).
+pub(crate) const BLACKBOX: &str = "blackbox.bin";
+/// The previous run's black box, moved aside when a recorder starts.
+pub(crate) const BLACKBOX_PREVIOUS: &str = "blackbox.prev.bin";
+
 /// Whether a directory entry is a capture (finished or not), and its sort key (the name
 /// without the temporary prefix: time, then sequence).
 pub(crate) fn capture_key(name: &str) -> Option<&str> {

@@ -8,12 +8,14 @@
 //!   defaults, validation, typed measures);
 //! - `ladder` (triggers and the soft limit as pure state machines), `wake` (the allocator-side
 //!   half: armed level and eventfd), `timeline` (the sample rings and their file format);
+//! - `blackbox` (the newest seconds in a memory-mapped file, and the clean-exit mark);
 //! - `meta` (a capture's `meta.txt`, written and read back), `capture` (writing one capture
 //!   without allocating), `postmortem` (listing captures, the disk budget, the start-up
 //!   post-mortem);
 //! - `status` (what the recorder did), `event` (what it tells the service's log), `thread`
 //!   (the recorder thread), and this file: the [`Recorder`] handle.
 
+mod blackbox;
 mod capture;
 mod config;
 mod error;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
+pub use blackbox::{PreviousRun, read_blackbox};
 pub use config::{Growth, LimitSource, Measure, RecorderConfig, SoftLimitConfig};
 pub use error::RecorderError;
 #[cfg(feature = "tracing")]
@@ -69,6 +72,7 @@ impl Recorder {
         hook: Option<EventHook>,
     ) -> Result<Self, RecorderError> {
         config.validate()?;
+        crate::set_peak_window(config.peak_window);
         if RUNNING.swap(true, Ordering::AcqRel) {
             return Err(RecorderError::AlreadyRunning);
         }
@@ -112,6 +116,12 @@ impl Recorder {
         status
     }
 
+    /// Records in the black box that this run ends cleanly, for the next start's post-mortem
+    /// (stopping the recorder does it too). Call it last, when the process is about to exit.
+    pub fn mark_clean_exit(&self) {
+        self.shared.blackbox.mark_clean();
+    }
+
     /// Stops the thread and waits for it (a capture in progress finishes first).
     pub fn stop(mut self) {
         self.shutdown();
@@ -123,6 +133,8 @@ impl Recorder {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The next start's post-mortem: this run ended cleanly.
+        self.shared.blackbox.mark_clean();
         wake::arm(None);
         RUNNING.store(false, Ordering::Release);
     }

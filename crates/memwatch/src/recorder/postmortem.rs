@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::blackbox::{PreviousRun, read_previous};
 use super::error::RecorderError;
 use super::files;
 use super::meta::CaptureInfo;
@@ -57,6 +58,11 @@ pub struct Postmortem {
     pub incomplete: usize,
     /// When the post-mortem was taken (Unix ms), to say how old the capture is.
     pub now_unix_ms: u64,
+    /// The previous run's black box: how it ended, and its last figures. Independent of the
+    /// cgroup, so it holds after a restart in a fresh one.
+    pub previous_run: Option<PreviousRun>,
+    /// Complete captures written by the previous run (by its pid).
+    pub previous_run_captures: usize,
 }
 
 /// Reads the cgroup's OOM-kill count and the newest capture in `capture_dir`.
@@ -70,7 +76,13 @@ pub fn postmortem_with(capture_dir: &Path, cgroup: Option<&CgroupMemory>) -> Pos
     let list = captures(capture_dir).unwrap_or_default();
     let incomplete = list.iter().filter(|c| !c.complete).count();
     let complete: Vec<CaptureInfo> = list.into_iter().filter(|c| c.complete).collect();
+    let previous_run = read_previous(capture_dir);
+    let previous_run_captures = previous_run.as_ref().map_or(0, |run| {
+        complete.iter().filter(|c| c.pid == Some(run.pid)).count()
+    });
     Postmortem {
+        previous_run,
+        previous_run_captures,
         oom_kills: cgroup.and_then(|c| c.oom_kills),
         cgroup: cgroup.map(|c| c.path.clone()),
         capture_dir: capture_dir.to_path_buf(),
@@ -84,7 +96,15 @@ pub fn postmortem_with(capture_dir: &Path, cgroup: Option<&CgroupMemory>) -> Pos
 impl Postmortem {
     /// Whether there is anything to report: an OOM kill or a capture.
     pub fn has_incident(&self) -> bool {
-        self.oom_kills.unwrap_or(0) > 0 || self.latest.is_some() || self.incomplete > 0
+        self.oom_kills.unwrap_or(0) > 0
+            || self.latest.is_some()
+            || self.incomplete > 0
+            || self.previous_run_killed()
+    }
+
+    /// Whether the previous run's black box says it did not end cleanly.
+    pub fn previous_run_killed(&self) -> bool {
+        self.previous_run.as_ref().is_some_and(|r| !r.clean)
     }
 
     /// `memwatch_postmortem_*` gauges in Prometheus text.
@@ -120,12 +140,60 @@ impl Postmortem {
                 ms / 1000,
             );
         }
+        if let Some(run) = &self.previous_run {
+            gauge(
+                "previous_run_killed",
+                "1 when the previous run did not end cleanly (its black box)",
+                u64::from(!run.clean),
+            );
+            gauge(
+                "previous_run_end_timestamp_seconds",
+                "when the previous run ended (its clean exit or newest sample)",
+                run.ended_unix_ms / 1000,
+            );
+            let _ = write!(
+                out,
+                "# HELP memwatch_postmortem_previous_run_end_share share of its limit at the \
+                 previous run's end\n# TYPE memwatch_postmortem_previous_run_end_share gauge\n\
+                 memwatch_postmortem_previous_run_end_share {:.4}\n",
+                run.share
+            );
+        }
     }
 }
 
 impl fmt::Display for Postmortem {
     /// One paragraph for the start-up log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(run) = &self.previous_run {
+            let how = if run.clean {
+                "ended cleanly"
+            } else {
+                "was killed"
+            };
+            write!(
+                f,
+                "the previous run (pid {}) {how} at {} UTC at {:.1} % of its {} limit ({} allocated",
+                run.pid,
+                crate::utc_timestamp(run.ended_unix_ms),
+                run.share * 100.0,
+                Mib(run.limit_bytes),
+                Mib(run.allocated_bytes),
+            )?;
+            if let Some(usage) = run.cgroup_usage_bytes {
+                write!(f, ", cgroup usage {}", Mib(usage))?;
+            }
+            write!(
+                f,
+                ") with {} capture{}; ",
+                self.previous_run_captures,
+                if self.previous_run_captures == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            )?;
+        }
         match (self.oom_kills, &self.cgroup) {
             (Some(kills), Some(path)) => write!(
                 f,

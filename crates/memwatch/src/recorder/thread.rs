@@ -2,9 +2,15 @@
 //! allocated bytes and cgroup usage into the timeline, feeds the soft limit and the ladder,
 //! writes captures, and re-arms the allocator.
 //!
-//! **Invariant:** the sampling loop does not allocate: the ring, the capture buffers and the
-//! cgroup file descriptor are set up before the thread starts taking samples. Only after a
-//! capture is on disk does it allocate (status strings, directory listing for the budget).
+//! What the ladder and the soft limit compare with the limit: by default ([`Measure::Max`])
+//! the larger of the allocator's figure and the cgroup's working set (usage minus inactive
+//! file cache, `memory.stat` re-read every 50 ms: what the OOM killer cannot reclaim), the
+//! latter only when the limit in force is the cgroup's.
+//!
+//! **Invariant:** the sampling loop does not allocate: the ring, the capture buffers, the
+//! cgroup file descriptors and the `memory.stat` buffer are set up before the thread starts
+//! taking samples. Only after a capture is on disk does it allocate (status strings,
+//! directory listing for the budget).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -13,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::blackbox::BlackBox;
 use super::capture::{Capturer, Moment};
 use super::config::{LimitSource, Measure, RecorderConfig};
 use super::error::RecorderError;
@@ -23,6 +30,9 @@ use super::status::{LastCapture, RecorderStatus};
 use super::timeline::Ring;
 use super::wake;
 use crate::cgroup::{CgroupVersion, cgroup_memory};
+
+/// How much of the newest timeline the black box keeps on disk (160 KiB at 1 ms).
+const BLACKBOX_SPAN: Duration = Duration::from_secs(10);
 
 /// While over the soft limit, ask jemalloc to purge at most this often.
 const PURGE_EVERY_NS: u64 = 1_000_000_000;
@@ -39,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) soft_limit_entries_total: AtomicU64,
     /// Updated after each capture only, never in the sampling loop.
     pub(crate) status: Mutex<RecorderStatus>,
+    /// Written by the thread every tick; marked clean by the handle at stop.
+    pub(crate) blackbox: BlackBox,
 }
 
 /// Sets everything up on the calling thread, then starts the recorder thread.
@@ -60,6 +72,27 @@ pub(crate) fn spawn(
         };
         File::open(c.path.join(name)).ok()
     });
+    let stat = cgroup.as_ref().and_then(|c| {
+        let file = File::open(c.path.join("memory.stat")).ok()?;
+        let key: &'static [u8] = match c.version {
+            CgroupVersion::V1 => b"total_inactive_file ",
+            CgroupVersion::V2 => b"inactive_file ",
+        };
+        Some(CgroupStat {
+            file,
+            key,
+            buf: vec![0; 16 * 1024],
+            inactive_file: 0,
+            read_at_ns: 0,
+        })
+    });
+    // The cgroup's figure counts only when the limit in force is the cgroup's: a limit the
+    // service gives below it is a budget for this process, not for the whole cgroup.
+    let cgroup_counts = match config.measure {
+        Measure::Allocated => false,
+        Measure::CgroupUsage => true,
+        Measure::Max => source != LimitSource::Config,
+    };
     let io_err = |source| RecorderError::io(&config.capture_dir, source);
     wake::wake_fd().map_err(|errno| io_err(std::io::Error::from_raw_os_error(errno)))?;
     prune(
@@ -93,6 +126,15 @@ pub(crate) fn spawn(
     let soft = config
         .soft_limit
         .map(|s| SoftLimit::new(share_of(limit, s.high), share_of(limit, s.low)));
+    let blackbox = BlackBox::create(
+        &config.capture_dir,
+        limit,
+        source,
+        cgroup_counts,
+        resolution_ns,
+        BLACKBOX_SPAN,
+    )
+    .map_err(io_err)?;
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
         capture_requested: AtomicBool::new(false),
@@ -101,6 +143,7 @@ pub(crate) fn spawn(
         purges_total: AtomicU64::new(0),
         soft_limit_entries_total: AtomicU64::new(0),
         status: Mutex::new(RecorderStatus::new(&config.capture_dir, limit, source)),
+        blackbox,
     });
     let (fine, coarse, fold) = config.timeline_samples();
     let mut state = State {
@@ -113,6 +156,8 @@ pub(crate) fn spawn(
         soft,
         capturer,
         usage_file,
+        stat,
+        cgroup_counts,
         measure: config.measure,
         resolution_ns,
         max_captures: config.max_captures,
@@ -141,6 +186,10 @@ struct State {
     capturer: Capturer,
     /// `memory.usage_in_bytes` / `memory.current`, opened once and read with `pread`.
     usage_file: Option<File>,
+    /// `memory.stat`, for the inactive file cache the working set leaves out.
+    stat: Option<CgroupStat>,
+    /// Whether the cgroup's working set is compared with the limit (see `spawn`).
+    cgroup_counts: bool,
     measure: Measure,
     resolution_ns: u64,
     max_captures: usize,
@@ -173,6 +222,7 @@ impl State {
         }
         crate::peaks::drain_allocated();
         self.ring.push(at_us, allocated, cgroup);
+        self.shared.blackbox.push(at_us, allocated, cgroup);
         self.shared.samples_total.fetch_add(1, Ordering::Relaxed);
 
         // An allocation may have crossed and already been freed (a 5 ms spike): the level it
@@ -185,10 +235,17 @@ impl State {
         } else {
             allocated
         };
+        let working_set = match (cgroup, self.cgroup_counts) {
+            (Some(usage), true) => {
+                let inactive = self.stat.as_mut().map_or(0, |s| s.inactive_file(now_ns));
+                usage.saturating_sub(inactive)
+            }
+            _ => 0,
+        };
         let value = match self.measure {
             Measure::Allocated => seen_allocated,
-            Measure::CgroupUsage => cgroup.unwrap_or(0),
-            Measure::Max => seen_allocated.max(cgroup.unwrap_or(0)),
+            Measure::CgroupUsage => working_set,
+            Measure::Max => seen_allocated.max(working_set),
         };
         let window_min = self.window.push(at_us, value);
         self.soft_limit(now_ns, value);
@@ -308,13 +365,54 @@ impl State {
     }
 }
 
+/// Re-read `memory.stat` at most this often: it is larger than the usage file and the inactive
+/// file cache moves slowly; usage itself is read every tick.
+const STAT_EVERY_NS: u64 = 50_000_000;
+
+/// The cgroup's `memory.stat`, read with `pread` into a buffer allocated at start.
+struct CgroupStat {
+    file: File,
+    /// `total_inactive_file ` (v1, hierarchical) or `inactive_file ` (v2).
+    key: &'static [u8],
+    buf: Vec<u8>,
+    inactive_file: u64,
+    read_at_ns: u64,
+}
+
+impl CgroupStat {
+    /// The inactive file cache, re-read every [`STAT_EVERY_NS`].
+    fn inactive_file(&mut self, now_ns: u64) -> u64 {
+        if now_ns.saturating_sub(self.read_at_ns) >= STAT_EVERY_NS {
+            self.read_at_ns = now_ns;
+            if let Ok(n) = self.file.read_at(&mut self.buf, 0)
+                && let Some(value) = stat_value(&self.buf[..n], self.key)
+            {
+                self.inactive_file = value;
+            }
+        }
+        self.inactive_file
+    }
+}
+
+/// The number after `key` at the start of a line of a `memory.stat` text.
+fn stat_value(text: &[u8], key: &[u8]) -> Option<u64> {
+    text.split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(parse_digits)
+}
+
 /// Reads a cgroup usage file with `pread` into a stack buffer.
 fn read_usage(file: &File) -> Option<u64> {
     let mut buf = [0u8; 32];
     let n = file.read_at(&mut buf, 0).ok()?;
+    parse_digits(buf.get(..n)?)
+}
+
+/// The leading decimal number of `bytes`.
+fn parse_digits(bytes: &[u8]) -> Option<u64> {
     let mut value: u64 = 0;
     let mut digits = 0;
-    for &b in buf.get(..n)? {
+    for &b in bytes {
         if b.is_ascii_digit() {
             value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
             digits += 1;

@@ -40,7 +40,7 @@ impl std::fmt::Debug for Memwatch {
     }
 }
 
-/// Settings for [`Memwatch::start`]; see [`Memwatch::builder`].
+/// Settings for starting memwatch: see [`Memwatch::builder`], then [`Builder::start`].
 #[must_use]
 pub struct Builder {
     config: RecorderConfig,
@@ -92,6 +92,14 @@ impl Memwatch {
             .as_ref()
             .map(Recorder::request_capture)
             .is_some()
+    }
+
+    /// Records that this run ends cleanly (see [`Recorder::mark_clean_exit`]); dropping the
+    /// last handle does it too. Without it, the next start reports the run as killed.
+    pub fn mark_clean_exit(&self) {
+        if let Some(recorder) = &self.inner.recorder {
+            recorder.mark_clean_exit();
+        }
     }
 
     /// The running recorder, if any.
