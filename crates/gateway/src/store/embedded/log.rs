@@ -434,4 +434,55 @@ mod tests {
         buf[HEADER_LEN + 3] ^= 1;
         assert_eq!(read_record(&mut &buf[..], &mut payload).ok(), Some(None));
     }
+
+    #[test]
+    fn segment_ids_and_names() {
+        let id = SegmentId::new(42, 3);
+        assert_eq!(SegmentId::unpack(id.packed()), id);
+        assert_eq!(
+            SegmentId::new(7, 0).packed(),
+            7,
+            "generation 0 is the plain number"
+        );
+        assert_eq!(id.file_name(), "00000000000000000042.3.seg");
+        assert_eq!(
+            SegmentId::new(42, 0).file_name(),
+            "00000000000000000042.seg"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("segments")).unwrap();
+        for name in [
+            id.file_name(),
+            "00000000000000000042.seg".into(),
+            "x.seg.tmp".into(),
+        ] {
+            File::create(dir.path().join("segments").join(name)).unwrap();
+        }
+        let listed = list_segments(dir.path()).unwrap();
+        assert_eq!(listed, [SegmentId::new(42, 0), id]);
+    }
+
+    #[test]
+    fn the_next_valid_record_is_found_past_garbage() {
+        let mut buf = Vec::new();
+        Record::Seal { key: 1, time: 2 }.encode(&mut buf);
+        let garbage_at = buf.len() as u64;
+        buf.extend_from_slice(&MAGIC.to_le_bytes()); // a false start
+        buf.extend_from_slice(&[0x5A; 300]);
+        let next_at = buf.len() as u64;
+        Record::Delete { key: 1, time: 3 }.encode(&mut buf);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        fs::write(&path, &buf).unwrap();
+        let file = File::open(&path).unwrap();
+        let len = buf.len() as u64;
+        let mut payload = Vec::new();
+        assert!(read_record_at(&file, 0, len, &mut payload).unwrap());
+        assert!(!read_record_at(&file, garbage_at, len, &mut payload).unwrap());
+        assert_eq!(
+            find_next_record(&file, garbage_at, len).unwrap(),
+            Some(next_at)
+        );
+        assert_eq!(find_next_record(&file, next_at, len).unwrap(), None);
+    }
 }
