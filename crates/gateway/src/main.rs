@@ -48,7 +48,19 @@ fn main() -> ExitCode {
         log_format,
     );
     if serving {
-        tracing::info!(%policy, "backtrace policy");
+        // One plain line; the full policy (variables, the DWARF read) at debug level.
+        let on_off = |on: bool| if on { "on" } else { "off" };
+        let cost_mib = policy
+            .symbolization_cost
+            .as_ref()
+            .map_or(0, |cost| cost.estimated_bytes >> 20);
+        tracing::info!(
+            library = on_off(policy.library_backtraces),
+            panics = on_off(policy.panic_backtraces),
+            symbolization_cost_mib = cost_mib,
+            "error backtraces"
+        );
+        tracing::debug!(%policy, "backtrace policy");
         // Library backtraces left on by the operator, with less headroom than one printed
         // backtrace costs: said at start, with the figures, not found after an OOM kill.
         if let Some(warning) = policy.startup_warning() {

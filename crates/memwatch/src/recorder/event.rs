@@ -80,13 +80,18 @@ pub fn log_with_tracing(event: &Event<'_>) {
         Event::Postmortem(p) if p.has_incident() => {
             tracing::warn!(summary = %p, "previous memory incident");
         }
-        Event::Postmortem(p) => tracing::info!(summary = %p, "memory post-mortem"),
+        // How the previous run ended is worth a line; a first start has nothing to say.
+        Event::Postmortem(p) if p.previous_run.is_some() || p.captures > 0 => {
+            tracing::info!(summary = %p, "memory post-mortem")
+        }
+        Event::Postmortem(p) => tracing::debug!(summary = %p, "memory post-mortem"),
         Event::Armed(s) => tracing::info!(
             capture_dir = %s.capture_dir.display(),
             limit_bytes = s.limit_bytes,
             limit_source = %s.limit_source,
             "flight recorder armed"
         ),
-        Event::Off(reason) => tracing::warn!(%reason, "flight recorder off"),
+        // The default on a machine without a memory limit: said, not warned about.
+        Event::Off(reason) => tracing::info!(%reason, "flight recorder off"),
     }
 }
