@@ -4,7 +4,10 @@
 //! so tests can drive it with `oneshot`. Limits that need the socket (connection cap, header
 //! timeout, header size) live in `server`.
 
+mod append;
+mod conn;
 mod debug;
+mod drain;
 mod error;
 mod ops;
 mod pprof;
@@ -17,14 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{Method, StatusCode};
+use http::{Method, header};
 use tokio::sync::watch;
 
-pub use error::{ApiError, ErrorCode};
+pub use error::{ApiError, ErrorCode, canned_answer};
 
 use crate::auth::Authenticator;
 use crate::budget::ByteBudget;
@@ -41,6 +44,15 @@ pub struct HandlerLimits {
     pub body_timeout: Duration,
     /// Longest wait for memory budget before answering 503.
     pub budget_patience: Duration,
+    /// Longest time received PATCH bytes wait for a full chunk before they are committed.
+    pub flush_interval: Duration,
+    /// A PATCH slower than this many bytes per second over `body_rate_grace` is cut (408).
+    /// 0 turns the check off.
+    pub min_body_rate: u64,
+    /// The window over which `min_body_rate` is measured (and the grace before it applies).
+    pub body_rate_grace: Duration,
+    /// How often running PATCHes and GETs re-check their token (revocation, expiry).
+    pub auth_recheck: Duration,
 }
 
 impl Default for HandlerLimits {
@@ -49,6 +61,10 @@ impl Default for HandlerLimits {
             chunk_bytes: 256 * 1024,
             body_timeout: Duration::from_secs(30),
             budget_patience: streams::DEFAULT_BUDGET_PATIENCE,
+            flush_interval: Duration::from_millis(100),
+            min_body_rate: 32,
+            body_rate_grace: Duration::from_secs(10),
+            auth_recheck: Duration::from_secs(1),
         }
     }
 }
@@ -81,6 +97,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/debug/memory", get(debug::memory))
         .route("/debug/pprof/heap", get(pprof::heap))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), classify))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe))
@@ -93,48 +110,95 @@ async fn fallback() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this endpoint",
     )
 }
 
-/// Counts every answer by route, status and error code.
-async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = route_of(request.method(), request.uri().path());
-    let started = Instant::now();
+/// Inside the router, where the matched route is known: the route's metric label, and the
+/// memory soft limit for stream work (ops and debug endpoints keep answering, so an operator
+/// can still take a profile).
+async fn classify(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(Route::Other, |m| route_of(request.method(), m.as_str()));
     let stream_work = !matches!(route, Route::Ops | Route::Debug | Route::Other);
-    let response = if stream_work && state.memory.over_soft_limit() {
-        // Memory pressure: refuse new work, keep ops and debug endpoints (pprof!) answering.
+    let mut response = if stream_work && state.memory.over_soft_limit() {
         ApiError::overloaded("the gateway is over its memory soft limit; retry later")
             .into_response()
     } else {
-        next.run(request).await.into_response()
+        next.run(request).await
     };
-    let status = response.status().as_u16();
-    state.metrics.request(route, status, started.elapsed());
-    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+    response.extensions_mut().insert(route);
+    response
+}
+
+/// Around everything: counts every answer by route, status and error code, gives every error
+/// status the JSON body (also axum's own rejections), and keeps keep-alive honest when the
+/// answer comes before the request body was read (`drain`).
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let expect_continue = request.headers().contains_key(header::EXPECT);
+    let (parts, body) = request.into_parts();
+    let (body, slot) = drain::TrackedBody::wrap(body);
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    let status = response.status();
+    let code = match response.extensions().get::<ErrorCode>() {
+        Some(code) => Some(*code),
+        None if status.is_client_error() || status.is_server_error() => {
+            let code = ErrorCode::for_status(status);
+            response = json_error(code, response);
+            Some(code)
+        }
+        None => None,
+    };
+    drain::finish(&slot, expect_continue, &mut response).await;
+    let route = response
+        .extensions()
+        .get::<Route>()
+        .copied()
+        .unwrap_or(Route::Other);
+    state
+        .metrics
+        .request(route, status.as_u16(), started.elapsed());
+    if let Some(code) = code {
         state.metrics.error(code);
     }
     response
 }
 
-fn route_of(method: &Method, path: &str) -> Route {
-    if path.starts_with("/v1/streams/") {
-        match *method {
+/// An error answer that no handler built (an axum rejection): the same answer as JSON,
+/// keeping its headers (e.g. `Allow`) and extensions.
+fn json_error(code: ErrorCode, original: Response) -> Response {
+    let (mut parts, body) = original.into_parts();
+    drop(body);
+    let reason = parts.status.canonical_reason().unwrap_or("error");
+    let message = reason.to_lowercase();
+    let built = ApiError::new(code, message).into_response();
+    let (built_parts, built_body) = built.into_parts();
+    for (name, value) in &built_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.extensions.extend(built_parts.extensions);
+    parts.status = built_parts.status;
+    Response::from_parts(parts, built_body)
+}
+
+/// The metric label of a matched route (the route's pattern, not the request's path).
+fn route_of(method: &Method, pattern: &str) -> Route {
+    match pattern {
+        "/v1/streams/{*id}" => match *method {
             Method::HEAD => Route::Head,
             Method::PATCH => Route::Append,
             Method::GET => Route::Read,
             Method::DELETE => Route::Delete,
             _ => Route::Other,
-        }
-    } else if path == "/v1/streams" {
-        Route::List
-    } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        Route::Ops
-    } else if path.starts_with("/debug/") {
-        Route::Debug
-    } else {
-        Route::Other
+        },
+        "/v1/streams" => Route::List,
+        "/healthz" | "/readyz" | "/metrics" => Route::Ops,
+        "/debug/memory" | "/debug/pprof/heap" => Route::Debug,
+        _ => Route::Other,
     }
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::metrics::write_gauge;
 
 /// `GET /healthz`: the process answers.
@@ -18,11 +18,7 @@ pub async fn healthz() -> Response {
 /// `GET /readyz`: the gateway takes new work (store writable, not shutting down).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if *state.shutdown.borrow() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "shutting down",
-        ));
+        return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
     }
     if state.memory.over_soft_limit() {
         return Err(ApiError::overloaded("over the memory soft limit"));

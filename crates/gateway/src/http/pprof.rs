@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, header};
 use memwatch::profile::{Profile, ProfileError, flamegraph_svg};
 use tokio::sync::Semaphore;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::query::Query;
 
 /// One profile at a time, process-wide, like the jemalloc profile it reads. The permit moves
@@ -39,20 +39,15 @@ pub async fn heap(
         None | Some("pprof") => Format::Pprof,
         Some("svg") => Format::Svg,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
                 "format is pprof or svg",
             ));
         }
     };
-    let permit = PROFILE_SLOT.try_acquire().map_err(|_| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "busy",
-            "a heap profile is already being taken",
-        )
-        .retry_after(1)
-    })?;
+    let permit = PROFILE_SLOT
+        .try_acquire()
+        .map_err(|_| ApiError::new(ErrorCode::Busy, "a heap profile is already being taken"))?;
     let body = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         render(format)
@@ -88,16 +83,8 @@ fn render(format: Format) -> Result<Vec<u8>, ProfileError> {
 
 fn profile_error(err: ProfileError) -> ApiError {
     if let ProfileError::Dump(memwatch::Error::ProfilingDisabled) = err {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "profiling_disabled",
-            err.to_string(),
-        );
+        return ApiError::new(ErrorCode::ProfilingDisabled, err.to_string());
     }
     tracing::error!(error = %err, "heap profile failed");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        err.to_string(),
-    )
+    ApiError::internal(err.to_string())
 }
