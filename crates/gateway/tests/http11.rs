@@ -3,6 +3,8 @@
 //! and every error status carries the JSON body. Real clients: Python's http.client and
 //! `requests` (python3 must be installed; CI installs `requests`), curl, raw sockets.
 
+#![allow(clippy::unwrap_used)] // tests may panic on what they set up
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
