@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub struct Activity {
     idle_since_ms: AtomicU64,
     /// Told to close by the registry.
     pub evict: Notify,
+    /// Already chosen for eviction (so the next connection at the cap picks another).
+    evicted: AtomicBool,
 }
 
 impl Activity {
@@ -46,6 +48,7 @@ impl Activity {
             active: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             evict: Notify::new(),
+            evicted: AtomicBool::new(false),
         }
     }
 
@@ -152,10 +155,11 @@ impl Registry {
         let connections = self.lock();
         let victim = connections
             .values()
-            .filter(|a| !a.in_request())
+            .filter(|a| !a.in_request() && !a.evicted.load(Relaxed))
             .min_by_key(|a| a.eviction_key());
         match victim {
             Some(activity) => {
+                activity.evicted.store(true, Relaxed);
                 activity.evict.notify_one();
                 true
             }
