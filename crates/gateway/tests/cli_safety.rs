@@ -163,3 +163,52 @@ fn token_commands_refuse_a_directory_without_gateway_data_and_hide_secrets() {
     assert!(!all.contains(&secret[..8]), "{all}");
     assert_eq!(gw.offset(&token, "acme/prod/x").0, 401);
 }
+
+#[test]
+fn push_from_stdin_forwards_each_line_at_once() {
+    let gw = Gateway::start();
+    let token = gw.create_token(&["--org", "acme", "--cluster", "prod", "--role", "deployer"]);
+    let client = [
+        "--url",
+        &gw.url(),
+        "--token",
+        &token,
+        "--stream",
+        "acme/prod/tail",
+    ];
+    let mut cat = Command::new(BIN)
+        .arg("cat")
+        .args(client)
+        .arg("--follow")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut push = Command::new(BIN)
+        .arg("push")
+        .args(client)
+        .args(["--seal", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(cat.stdout.take().unwrap());
+    let mut stdin = push.stdin.take().unwrap();
+    for i in 0..3 {
+        let sent = Instant::now();
+        std::io::Write::write_all(&mut stdin, format!("step {i} done\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("step {i} done\n"));
+        // The first line also waits for the stream to be created and cat to find it.
+        let bound = if i == 0 { 5000 } else { 1500 };
+        assert!(
+            sent.elapsed() < Duration::from_millis(bound),
+            "line {i} took {:?}",
+            sent.elapsed()
+        );
+    }
+    drop(stdin);
+    assert!(push.wait().unwrap().success());
+    assert!(cat.wait().unwrap().success());
+}
