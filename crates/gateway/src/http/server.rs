@@ -95,7 +95,7 @@ pub async fn serve(
                     limits: limits.clone(),
                     metrics: Arc::clone(&metrics),
                     shutdown: shutdown.clone(),
-                    registered: registry.register(),
+                    registry: Arc::clone(&registry),
                 };
                 match Arc::clone(&slots).try_acquire_owned() {
                     Ok(slot) => {
@@ -147,26 +147,28 @@ struct Connection {
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
-    /// Its entry in the registry (removed when this is dropped).
-    registered: Registered,
+    /// Where it registers once it holds a slot (only then may it be evicted).
+    registry: Arc<Registry>,
 }
 
 impl Connection {
     async fn serve(self, stream: TcpStream, slot: OwnedSemaphorePermit) {
         self.metrics.open_connections.fetch_add(1, Relaxed);
         let metrics = Arc::clone(&self.metrics);
-        self.run(stream).await;
+        let registered = self.registry.register();
+        self.run(stream, &registered).await;
+        drop(registered);
         metrics.open_connections.fetch_sub(1, Relaxed);
         drop(slot);
     }
 
-    async fn run(self, stream: TcpStream) {
+    async fn run(self, stream: TcpStream, registered: &Registered) {
         let Connection {
             router,
             limits,
             metrics,
             mut shutdown,
-            registered,
+            registry: _,
         } = self;
         let activity = Arc::clone(&registered.activity);
         let service = service_fn(move |request: hyper::Request<Incoming>| {
