@@ -144,7 +144,7 @@ fn a_noisy_org_does_not_slow_the_others_down() {
     // per-org share they got 503 after the 10 s budget patience. The 2× p99 target is measured
     // on a release build by bench/isolation.sh; a debug build's store is too slow for it here.
     assert!(
-        worst < Duration::from_secs(8),
+        worst < Duration::from_millis(9500),
         "slowest org B PATCH {worst:?}"
     );
     let metrics = gw.request("GET", "/metrics", None, &[], b"").text();

@@ -85,7 +85,10 @@ impl<'a> Appender<'a> {
             let frame = tokio::select! {
                 frame = body.frame() => frame,
                 () = sleep_until(flush_at.unwrap_or(last_byte).into()), if flush_at.is_some() => {
+                    let ours = Instant::now();
                     self.flush().await?;
+                    // Time the gateway itself took does not count against the client's rate.
+                    window_start += ours.elapsed();
                     continue;
                 }
                 () = sleep_until((last_byte + limits.body_timeout).into()) => {
@@ -141,12 +144,15 @@ impl<'a> Appender<'a> {
             if data.is_empty() {
                 continue;
             }
-            last_byte = Instant::now();
             window_bytes += data.len() as u64;
             if let Some(remaining) = &mut self.remaining {
                 *remaining = remaining.saturating_sub(data.len() as u64);
             }
+            let ours = Instant::now();
             self.add(data).await?;
+            window_start += ours.elapsed();
+            // Nor against its idle time: a slow commit did not read the socket.
+            last_byte = Instant::now();
         }
         if !self.chunk.is_empty() || seal || self.last.is_none() {
             self.commit(seal).await?;
