@@ -1,7 +1,8 @@
 //! No tenant, connection or unauthenticated peer takes the gateway from the others: with 1,024
 //! idle sockets open, `/healthz` and an authenticated PATCH still succeed in seconds; while
 //! org A holds 64 readers that read nothing and 64 writers that trickle, org B's 1 MiB PATCHes
-//! all succeed about as fast as without them.
+//! all succeed about as fast as without them; a reader that stops reading and a socket that
+//! never sends a request head are cut.
 
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up
 
@@ -156,4 +157,57 @@ fn a_noisy_org_does_not_slow_the_others_down() {
     assert!(used.parse::<u64>().unwrap() <= 8 << 20, "{used}");
     drop(noisy);
     drop(trickle.join().unwrap());
+}
+
+/// Polls `/metrics` until `line` appears; panics after `within`.
+fn wait_for_metric(gw: &Gateway, line: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let metrics = gw.request("GET", "/metrics", None, &[], b"").text();
+        if metrics.lines().any(|l| l == line) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readers_that_stop_reading_and_silent_sockets_are_cut() {
+    let config = "[limits]\nwrite_stall_secs = 1\nfirst_request_timeout_secs = 1\n";
+    let gw = Gateway::start_with(&[], Some(config));
+    let token = gw.admin_token();
+    for i in 0..4u64 {
+        assert_eq!(
+            gw.append(&token, "a/b/big", i << 20, &[b'z'; 1 << 20])
+                .status,
+            204
+        );
+    }
+    // A socket that never sends a request head is closed after the first-request timeout.
+    let mut silent = TcpStream::connect(gw.addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut silent, &mut buf).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A reader that takes nothing of its answer is cut; the budget it held comes back.
+    let mut stalled = connect_small_buffer(gw.addr);
+    let req = format!(
+        "GET /v1/streams/a/b/big HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    stalled.write_all(req.as_bytes()).unwrap();
+    let metrics = wait_for_metric(
+        &gw,
+        "engine_gateway_stalled_readers_cut_total 1",
+        Duration::from_secs(15),
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "engine_gateway_budget_used_bytes 0"),
+        "{metrics}"
+    );
 }
