@@ -1,7 +1,7 @@
 //! Bytes are live and rights are current: a PATCH's bytes are committed within the flush
 //! interval of arriving (not only per full chunk), a follower sees them as soon, a writer
-//! below the minimum data rate is cut with its committed offset, and a revoked or expired token ends the
-//! PATCHes and followers it authorized within seconds.
+//! below the minimum data rate is cut with its committed offset, and a revoked or expired
+//! token ends the PATCHes and followers it authorized within seconds.
 
 #![allow(clippy::unwrap_used)] // tests may panic on what they set up
 
