@@ -244,6 +244,9 @@ pub struct ClientArgs {
     /// Stream id, ORG/CLUSTER/NAME.
     #[arg(long)]
     pub stream: String,
+    /// Give up after this long without progress while retrying (e.g. 30s, 5m, 1h); exit 1.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub retry_for: String,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +256,10 @@ pub struct PushArgs {
     /// Seal the stream after the last byte.
     #[arg(long)]
     pub seal: bool,
+    /// Add the input after what the stream already holds, instead of resuming the stream as
+    /// this input (without it, a stream holding other bytes is refused).
+    #[arg(long)]
+    pub append: bool,
     /// Bytes per PATCH request before a new one starts (bounds what a retry resends).
     #[arg(long, default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
     pub request_bytes: usize,

@@ -9,7 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::{FileTokenStore, NewToken, Role, TokenRecord, TokenStore, parse_ttl};
+use crate::auth::{
+    FileTokenStore, NewToken, Role, TokenRecord, TokenStore, is_token_id, parse_ttl, split_token,
+};
 use crate::cli::{
     CatArgs, ClientArgs, PushArgs, ServeArgs, StoreCommand, TokenCommand, TokenStoreArgs,
 };
@@ -176,15 +178,31 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<ExitCode> {
             }
         }
         TokenCommand::Revoke(args) => {
+            let id = revoke_id(&args.id)?;
             let store = open_tokens(args.target).await?;
             let record = store
-                .revoke(&args.id)
+                .revoke(&id)
                 .await
-                .with_context(|| format!("revoking token {}", args.id))?;
+                .with_context(|| format!("revoking token {id}"))?;
             eprintln!("revoked token {} ({})", record.id, describe(&record));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The id to revoke: a token id, or the id part of a whole token pasted by mistake. Nothing
+/// of the argument is echoed in an error, since it may hold a secret.
+fn revoke_id(arg: &str) -> anyhow::Result<String> {
+    if is_token_id(arg) {
+        return Ok(arg.to_owned());
+    }
+    if let Some((id, _secret)) = split_token(arg) {
+        return Ok(id.to_owned());
+    }
+    anyhow::bail!(
+        "the argument is not a token id (16 lowercase hex characters, as `token list` shows \
+         them); it is not repeated here in case it holds a secret"
+    )
 }
 
 /// The token store the arguments name: files in the data directory, or the NATS bucket (one
@@ -193,6 +211,14 @@ async fn open_tokens(args: TokenStoreArgs) -> anyhow::Result<Arc<dyn TokenStore>
     match load_store(args.config.as_deref(), args.store.overrides())? {
         StoreConfig::Embedded => {
             let dir = args.data_dir;
+            // A typo in --data-dir must not quietly create an empty token store elsewhere.
+            if !dir.join("tokens").is_dir() && !dir.join("store").is_dir() {
+                anyhow::bail!(
+                    "{} holds no gateway data (no tokens/ or store/ in it): give the --data-dir \
+                     the gateway serves from (it creates them at its first start)",
+                    dir.display()
+                );
+            }
             let store = FileTokenStore::open(&dir)
                 .await
                 .with_context(|| format!("opening tokens in {}", dir.display()))?;
@@ -303,8 +329,15 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     } else {
         Input::File(args.input)
     };
+    let retry_for = match retry_for(&args.client) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
     let mut options = PushOptions::new(url, args.client.token, stream, input);
     options.ca_cert = args.client.ca_cert;
+    options.retry.max_without_progress = retry_for;
+    options.notices = true;
+    options.append = args.append;
     options.seal = args.seal;
     options.request_bytes = args.request_bytes;
     options.progress = true;
@@ -320,8 +353,14 @@ pub async fn cat(args: CatArgs) -> anyhow::Result<ExitCode> {
         Ok(target) => target,
         Err(code) => return Ok(code),
     };
+    let retry_for = match retry_for(&args.client) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
     let mut options = CatOptions::new(url, args.client.token, stream);
     options.ca_cert = args.client.ca_cert;
+    options.retry.max_without_progress = retry_for;
+    options.notices = true;
     options.offset = args.offset;
     options.follow = args.follow;
     let mut stdout = tokio::io::stdout();
@@ -341,6 +380,14 @@ fn target(args: &ClientArgs) -> Result<(BaseUrl, StreamId), ExitCode> {
         ExitCode::from(2)
     })?;
     Ok((url, stream))
+}
+
+/// `--retry-for`; a bad value is a usage error (printed, exit 2).
+fn retry_for(args: &ClientArgs) -> Result<std::time::Duration, ExitCode> {
+    parse_ttl(&args.retry_for).map_err(|err| {
+        eprintln!("error: --retry-for {:?}: {err}", args.retry_for);
+        ExitCode::from(2)
+    })
 }
 
 fn client_failure(err: &ClientError) -> ExitCode {

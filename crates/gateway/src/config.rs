@@ -29,6 +29,8 @@ pub struct Config {
     pub handler: HandlerLimits,
     /// Bytes of request/response bodies held in memory at once, all connections together.
     pub inflight_bytes: usize,
+    /// Share of `inflight_bytes` one org may hold, so one tenant cannot take it all.
+    pub org_inflight_share: f64,
     pub jwt: Option<JwtConfig>,
     /// The `[memory]` section: memwatch's flight recorder and soft limit, with memwatch's
     /// defaults and checks.
@@ -105,6 +107,13 @@ struct FileLimits {
     body_timeout_secs: Option<u64>,
     shutdown_timeout_secs: Option<u64>,
     shutdown_delay_secs: Option<u64>,
+    flush_interval_ms: Option<u64>,
+    min_body_rate: Option<u64>,
+    body_rate_grace_secs: Option<u64>,
+    auth_recheck_ms: Option<u64>,
+    org_inflight_share: Option<f64>,
+    first_request_timeout_secs: Option<u64>,
+    write_stall_secs: Option<u64>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -113,6 +122,8 @@ const DEFAULT_INFLIGHT_BYTES: usize = 16 * 1024 * 1024;
 /// Long enough for a Kubernetes Service to drop the endpoint (readiness probe period plus
 /// endpoint propagation), short against the default 30 s termination grace period.
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// Share of the byte budget one org may hold.
+const DEFAULT_ORG_SHARE: f64 = 0.5;
 
 impl Config {
     /// Builds the configuration from overrides and, if named, the config file.
@@ -150,6 +161,25 @@ impl Config {
         if let Some(s) = limits.body_timeout_secs {
             handler.body_timeout = Duration::from_secs(s);
         }
+        if let Some(ms) = limits.flush_interval_ms {
+            handler.flush_interval = Duration::from_millis(ms);
+        }
+        if let Some(n) = limits.min_body_rate {
+            handler.min_body_rate = n;
+        }
+        if let Some(s) = limits.body_rate_grace_secs {
+            handler.body_rate_grace = Duration::from_secs(s);
+        }
+        if let Some(ms) = limits.auth_recheck_ms {
+            handler.auth_recheck = Duration::from_millis(ms);
+        }
+        if let Some(s) = limits.first_request_timeout_secs {
+            server.first_request_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = limits.write_stall_secs {
+            server.write_stall = Duration::from_secs(s);
+        }
+        let org_inflight_share = limits.org_inflight_share.unwrap_or(DEFAULT_ORG_SHARE);
         let inflight_bytes = overrides
             .inflight_bytes
             .or(limits
@@ -188,6 +218,7 @@ impl Config {
             server,
             handler,
             inflight_bytes,
+            org_inflight_share,
             jwt: file.jwt,
             memory,
             store,
@@ -218,9 +249,22 @@ impl Config {
         self.memory
             .validate()
             .map_err(|err| anyhow::anyhow!("[memory]: {err}"))?;
+        if !(self.org_inflight_share > 0.0 && self.org_inflight_share <= 1.0) {
+            bail!("org_inflight_share is a share of inflight_bytes, above 0 and at most 1");
+        }
+        if !(1..=10_000).contains(&self.handler.flush_interval.as_millis()) {
+            bail!("flush_interval_ms must be between 1 and 10000");
+        }
         for (name, d) in [
             ("header_timeout_secs", self.server.header_timeout),
+            (
+                "first_request_timeout_secs",
+                self.server.first_request_timeout,
+            ),
+            ("write_stall_secs", self.server.write_stall),
             ("body_timeout_secs", self.handler.body_timeout),
+            ("body_rate_grace_secs", self.handler.body_rate_grace),
+            ("auth_recheck_ms", self.handler.auth_recheck),
         ] {
             if d.is_zero() {
                 bail!("{name} must be at least 1");

@@ -120,7 +120,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         auth,
-        budget: ByteBudget::new(config.inflight_bytes),
+        budget: ByteBudget::new(config.inflight_bytes, config.org_inflight_share),
         metrics: Arc::clone(&metrics),
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::http::ErrorCode;
+
 /// Routes, as a metric label. A fixed set so the series count is bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -36,37 +38,6 @@ const STATUSES: [u16; 17] = [
     200, 204, 400, 401, 403, 404, 405, 408, 409, 413, 415, 416, 429, 431, 500, 503, 0,
 ];
 const OTHER_STATUS: usize = STATUSES.len() - 1;
-
-/// Stable error codes, as a metric label (see `http::error`).
-pub const ERROR_CODES: [&str; 27] = [
-    "invalid_stream_id",
-    "invalid_offset",
-    "missing_offset",
-    "invalid_header",
-    "invalid_query",
-    "offset_mismatch",
-    "stream_sealed",
-    "offset_out_of_range",
-    "unsupported_media_type",
-    "payload_too_large",
-    "missing_token",
-    "malformed_token",
-    "invalid_token",
-    "token_revoked",
-    "token_expired",
-    "invalid_jwt",
-    "auth_unavailable",
-    "forbidden",
-    "not_found",
-    "method_not_allowed",
-    "body_timeout",
-    "body_error",
-    "overloaded",
-    "too_many_connections",
-    "unavailable",
-    "internal",
-    "other",
-];
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -132,19 +103,40 @@ impl Default for Histogram {
 }
 
 /// All of the gateway's own counters.
-#[derive(Default)]
 pub struct Metrics {
     requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
-    errors: [AtomicU64; ERROR_CODES.len()],
+    /// One counter per [`ErrorCode`], in the order of [`ErrorCode::ALL`].
+    errors: [AtomicU64; ErrorCode::ALL.len()],
     pub appended_bytes: AtomicU64,
     pub read_bytes: AtomicU64,
     /// Connections refused at the cap (answered 503 without being served).
     pub rejected_connections: AtomicU64,
     pub open_connections: AtomicU64,
+    /// Idle connections closed to make room for a new one at the cap.
+    pub evicted_connections: AtomicU64,
+    /// Connections cut because their peer stopped reading what it asked for.
+    pub stalled_readers_cut: AtomicU64,
     /// Time for one `Store::append` call, i.e. from handing a chunk over to its commit.
     pub append_latency: Histogram,
     /// Whole request durations.
     pub request_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Default::default(),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            appended_bytes: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
+            evicted_connections: AtomicU64::new(0),
+            stalled_readers_cut: AtomicU64::new(0),
+            append_latency: Histogram::default(),
+            request_latency: Histogram::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -161,12 +153,8 @@ impl Metrics {
         self.request_latency.observe_duration(elapsed);
     }
 
-    pub fn error(&self, code: &str) {
-        let i = ERROR_CODES
-            .iter()
-            .position(|&c| c == code)
-            .unwrap_or(ERROR_CODES.len() - 1);
-        self.errors[i].fetch_add(1, Relaxed);
+    pub fn error(&self, code: ErrorCode) {
+        self.errors[code.index()].fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition of everything above.
@@ -194,7 +182,8 @@ impl Metrics {
             out,
             "# HELP {name} error answers by code\n# TYPE {name} counter"
         );
-        for (code, n) in ERROR_CODES.iter().zip(&self.errors) {
+        for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let code = code.as_str();
             let _ = writeln!(out, "{name}{{code=\"{code}\"}} {}", n.load(Relaxed));
         }
         for (name, help, value) in [
@@ -212,6 +201,16 @@ impl Metrics {
                 "rejected_connections_total",
                 "connections refused at the cap",
                 &self.rejected_connections,
+            ),
+            (
+                "evicted_connections_total",
+                "idle connections closed to make room at the cap",
+                &self.evicted_connections,
+            ),
+            (
+                "stalled_readers_cut_total",
+                "connections cut because the peer stopped reading",
+                &self.stalled_readers_cut,
             ),
         ] {
             write_counter(
@@ -262,8 +261,8 @@ mod tests {
         let m = Metrics::default();
         m.request(Route::Append, 204, Duration::from_millis(3));
         m.request(Route::Append, 418, Duration::from_millis(3));
-        m.error("offset_mismatch");
-        m.error("no_such_code");
+        m.error(ErrorCode::OffsetMismatch);
+        m.error(ErrorCode::Busy);
         m.append_latency
             .observe_duration(Duration::from_micros(700));
         let mut out = String::new();
@@ -271,7 +270,7 @@ mod tests {
         assert!(out.contains("engine_gateway_requests_total{route=\"append\",status=\"204\"} 1"));
         assert!(out.contains("engine_gateway_requests_total{route=\"append\",status=\"other\"} 1"));
         assert!(out.contains("engine_gateway_errors_total{code=\"offset_mismatch\"} 1"));
-        assert!(out.contains("engine_gateway_errors_total{code=\"other\"} 1"));
+        assert!(out.contains("engine_gateway_errors_total{code=\"busy\"} 1"));
         assert!(out.contains("engine_gateway_append_seconds_bucket{le=\"0.001\"} 1"));
         assert!(out.contains("engine_gateway_append_seconds_count 1"));
     }

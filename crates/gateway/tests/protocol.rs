@@ -660,24 +660,50 @@ fn debug_endpoints_are_for_admins() {
 }
 
 #[test]
-fn over_the_connection_cap_clients_get_503_not_a_dropped_connection() {
+fn over_the_connection_cap_idle_connections_are_evicted_and_busy_ones_get_503() {
     let gw = Gateway::start_with(&["--max-connections", "4"], None);
-    // The start-up probe's connection must be gone before the four idle ones take every slot.
-    std::thread::sleep(Duration::from_millis(500));
+    let token = gw.admin_token();
+    assert_eq!(gw.append(&token, "acme/prod/f", 0, b"x").status, 204);
+    // The start-up probe's and the append's connections must be gone first.
+    std::thread::sleep(Duration::from_millis(300));
+    // Four idle connections (no request head): a new one evicts the oldest and is served.
     let idle: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(gw.addr).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let r = request_raw(gw.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(idle);
+    // Four connections in a request (followers): nothing to evict, a new one gets 503.
+    let head = format!(
+        "GET /v1/streams/acme/prod/f?follow=true HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    let mut followers = Vec::new();
+    while followers.len() < 4 {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut first = [0u8; 12];
+        match s.read_exact(&mut first) {
+            Ok(()) if first.starts_with(b"HTTP/1.1 200") => followers.push(s),
+            // Raced with the idle connections still being closed: try again.
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let r = request_raw(gw.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
     assert_eq!(
         (r.status, r.code().as_str(), r.header("retry-after")),
         (503, "too_many_connections", Some("1"))
     );
-    drop(idle);
-    std::thread::sleep(Duration::from_millis(200));
+    drop(followers);
+    std::thread::sleep(Duration::from_millis(300));
     let metrics = gw.request("GET", "/metrics", None, &[], b"").text();
     assert!(
         metrics.contains("engine_gateway_rejected_connections_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("engine_gateway_evicted_connections_total 0"),
         "{metrics}"
     );
 }

@@ -188,7 +188,7 @@ fn gateway_answers_507_and_heals_without_restart() {
     );
     let ready = gw.request("GET", "/readyz", None, &[], b"");
     assert_eq!(ready.status, 503);
-    assert_eq!(ready.code(), "insufficient_storage");
+    assert_eq!(ready.code(), "unavailable");
     assert!(ready.text().contains("disk full"), "{}", ready.text());
     assert_eq!(gw.read_all(&admin, "o/c/full"), first);
     let deleted = gw.request("DELETE", "/v1/streams/o/c/spare", Some(&admin), &[], b"");

@@ -16,8 +16,8 @@ pub use authenticator::{AuthError, Authenticator, MAX_HEADER_LEN};
 pub use file_store::{ADMIN_TOKEN_FILE, CACHE_CAPACITY, FileTokenStore, bootstrap_admin};
 pub use jwt::{JwtError, JwtKeyError, JwtVerifier, LEEWAY_SECS, MAX_JWT_LEN, MIN_RSA_BITS};
 pub use tokens::{
-    NewToken, ScopeError, Secret, TOKEN_PREFIX, TokenError, TokenRecord, TokenStore, parse_ttl,
-    split_token, validate_scope,
+    NewToken, ScopeError, Secret, TOKEN_PREFIX, TokenError, TokenRecord, TokenStore, is_token_id,
+    parse_ttl, split_token, validate_scope,
 };
 
 /// What a token is for.

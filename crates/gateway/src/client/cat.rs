@@ -20,7 +20,9 @@ pub async fn cat(
     let follow = opts.follow;
     let connector = Connector::new(&opts.url, opts.ca_cert.as_deref())?;
     let mut session = Session::new(opts.url, connector, opts.token, opts.stream, opts.timeouts);
-    let mut retry = Retrier::new(opts.retry);
+    let mut retry = Retrier::new(opts.retry, opts.notices);
+    let notices = opts.notices;
+    let mut waiting = false;
     let mut report = CatReport {
         start_offset: opts.offset,
         end_offset: opts.offset,
@@ -62,6 +64,20 @@ pub async fn cat(
         };
         session.conn = None;
         match failure {
+            // Following a stream that does not exist yet: wait for it, like `tail -F`.
+            Failure::Fatal(ClientError::NotFound { .. })
+                if follow && report.bytes_received == 0 =>
+            {
+                if !waiting && notices {
+                    eprintln!(
+                        "engine-gateway: stream {} does not exist yet; waiting for it",
+                        session.stream
+                    );
+                }
+                waiting = true;
+                retry.progress();
+                tokio::time::sleep(MISSING_STREAM_POLL).await;
+            }
             Failure::Fatal(err) => return Err(err),
             Failure::Retry(why) => {
                 tracing::debug!(stream = %session.stream, reason = %why.reason, "cat reconnects");
@@ -70,6 +86,9 @@ pub async fn cat(
         }
     }
 }
+
+/// How often a follower looks again for a stream that does not exist yet.
+const MISSING_STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How one GET ended (other than by a failure).
 enum End {

@@ -53,6 +53,17 @@ pub enum ClientError {
     },
 
     #[error(
+        "stream {stream} already holds {committed} bytes that are not the start of this input \
+         (they differ in the {window} bytes before offset {committed}): refusing to splice two \
+         inputs; push with --append to add this input after them, or push to another stream"
+    )]
+    Diverged {
+        stream: String,
+        committed: u64,
+        window: u64,
+    },
+
+    #[error(
         "the server's committed offset {committed} is behind bytes it already acknowledged \
          ({acknowledged}); the stream was changed behind this client's back"
     )]

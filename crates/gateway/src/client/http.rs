@@ -242,6 +242,40 @@ impl Session {
 }
 
 impl Session {
+    /// The committed bytes `[start, start + len)`, read with a plain GET (for comparing the
+    /// stream with an input before resuming it).
+    pub(crate) async fn read_range(&mut self, start: u64, len: usize) -> Result<Vec<u8>, Failure> {
+        let io = self.timeouts.io;
+        let mut conn = self.take_conn().await?;
+        let query = format!("?offset={start}");
+        let req = built(
+            self.request(hyper::Method::GET, &query)
+                .body(ReqBody::Empty),
+        )?;
+        let resp = conn.send_empty(req, io).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(error_response(resp, &self.stream, io).await);
+        }
+        let mut body = resp.into_body();
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let frame = match tokio::time::timeout(io, body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Err(err))) => {
+                    return Err(Transient::caused("reading the stream failed", &err).into());
+                }
+                Ok(None) => break,
+                Err(_) => return Err(Transient::new("no bytes from the server in time").into()),
+            };
+            if let Ok(data) = frame.into_data() {
+                let take = data.len().min(len - out.len());
+                out.extend_from_slice(&data[..take]);
+            }
+        }
+        // the body may go on (the stream grew): this connection is not reused
+        Ok(out)
+    }
+
     /// A HEAD answer has no body, so a refused token gets no message from it; the same read as
     /// a GET is refused the same way, with the server's JSON message.
     async fn explain_refusal(&mut self, status: StatusCode) -> Failure {
@@ -344,7 +378,11 @@ pub(crate) async fn error_response(
         .map(Duration::from_secs);
     let (code, message) = error_body(resp, timeout).await;
     let message = message.unwrap_or_else(|| default_message(status));
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+    // 408: the server cut a slow or quiet body after committing what arrived; go on from there.
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
+    {
         return Failure::Retry(Transient {
             reason: format!("HTTP {}: {message}", status.as_u16()),
             retry_after,

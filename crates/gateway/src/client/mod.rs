@@ -85,6 +85,10 @@ pub struct PushOptions {
     pub stream: StreamId,
     /// Seal the stream once the input ends (a final PATCH with `Stream-Seal: true`).
     pub seal: bool,
+    /// Add the input after what the stream holds (input byte 0 at the stream's committed
+    /// offset when the push starts). Without it the input is the stream from its byte 0, and
+    /// resuming checks that what the stream holds is the input's start.
+    pub append: bool,
     pub input: Input,
     /// A PATCH request ends after this many body bytes and the next one starts; also the bound
     /// on bytes kept for re-sending. Default [`DEFAULT_REQUEST_BYTES`].
@@ -95,6 +99,8 @@ pub struct PushOptions {
     pub timeouts: Timeouts,
     /// Report progress on stderr: a redrawn line on a terminal, and a final summary line.
     pub progress: bool,
+    /// Say on stderr what failed and when the next try comes.
+    pub notices: bool,
     /// For `https://`: trust the CA certificates in this PEM file instead of the system's.
     pub ca_cert: Option<PathBuf>,
 }
@@ -106,12 +112,14 @@ impl PushOptions {
             token: token.into(),
             stream,
             seal: false,
+            append: false,
             input,
             request_bytes: DEFAULT_REQUEST_BYTES,
             frame_bytes: DEFAULT_FRAME_BYTES,
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
             progress: false,
+            notices: false,
             ca_cert: None,
         }
     }
@@ -124,6 +132,7 @@ impl fmt::Debug for PushOptions {
             .field("token", &"<redacted>")
             .field("stream", &self.stream)
             .field("seal", &self.seal)
+            .field("append", &self.append)
             .field("input", &self.input)
             .field("request_bytes", &self.request_bytes)
             .field("frame_bytes", &self.frame_bytes)
@@ -160,8 +169,11 @@ pub struct CatOptions {
     pub stream: StreamId,
     /// First byte to read. Default 0.
     pub offset: u64,
-    /// Keep reading new bytes until the stream is sealed, reconnecting when the connection drops.
+    /// Keep reading new bytes until the stream is sealed, reconnecting when the connection drops;
+    /// a stream that does not exist yet is waited for (like `tail -F`).
     pub follow: bool,
+    /// Say on stderr what failed and when the next try comes, and that a stream is waited for.
+    pub notices: bool,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
     /// For `https://`: trust the CA certificates in this PEM file instead of the system's.
@@ -176,6 +188,7 @@ impl CatOptions {
             stream,
             offset: 0,
             follow: false,
+            notices: false,
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
             ca_cert: None,

@@ -5,6 +5,12 @@
 //! `PATCH` requests of at most `request_bytes` each, streaming frames as they are read. After a
 //! transient failure: back off, `HEAD` again, re-send from the committed offset. A 409 carries
 //! the offset, so the loop re-aligns at once.
+//!
+//! No splicing: when the stream already holds bytes at the start of a push, the last
+//! [`VERIFY_WINDOW`] bytes before its committed offset are read back and compared with the
+//! input at the same place; a difference ends the push (exit 1) unless `--append` asked for the
+//! input to go after what the stream holds. A request whose input stays quiet for
+//! [`QUIET_END`] is ended, so an idle log holds no request open (and no server timeout hits it).
 
 use std::time::Duration;
 
@@ -13,7 +19,9 @@ use hyper::{Method, StatusCode, header};
 use tokio::sync::mpsc;
 
 use super::error::{ClientError, Failure, Transient};
-use super::http::{ReqBody, Session, built, error_response, header_sealed, header_u64};
+use super::http::{
+    ReqBody, Session, StreamState, built, error_response, header_sealed, header_u64,
+};
 use super::progress::Progress;
 use super::retry::Retrier;
 use super::source::Source;
@@ -23,6 +31,10 @@ use super::{PushOptions, PushReport};
 /// Body frames queued between the reader and hyper; with frames of at most `frame_bytes`, the
 /// queue holds handles on pending bytes, never extra copies.
 const BODY_QUEUE_FRAMES: usize = 4;
+/// Bytes compared between the stream and the input before resuming a push at a non-zero offset.
+pub const VERIFY_WINDOW: u64 = 64 * 1024;
+/// A PATCH whose input has been quiet this long is ended; the next opens with new input.
+pub const QUIET_END: Duration = Duration::from_secs(2);
 
 /// Appends `opts.input` to `opts.stream`, from the input's byte 0, skipping what the server has.
 pub async fn push(opts: PushOptions) -> Result<PushReport, ClientError> {
@@ -35,11 +47,13 @@ pub async fn push(opts: PushOptions) -> Result<PushReport, ClientError> {
     let mut src = Source::open(opts.input, opts.frame_bytes).await?;
     let mut pusher = Pusher {
         session: Session::new(opts.url, connector, opts.token, opts.stream, opts.timeouts),
-        retry: Retrier::new(opts.retry),
+        retry: Retrier::new(opts.retry, opts.notices),
         progress: Progress::new(opts.progress),
         request_bytes: opts.request_bytes,
         sent: 0,
         committed: 0,
+        append: opts.append,
+        base: None,
     };
     let result = pusher.run(&mut src, opts.seal).await;
     let summary = match &result {
@@ -75,8 +89,13 @@ struct Pusher {
     request_bytes: usize,
     /// Body bytes handed to the network so far, re-sends included.
     sent: u64,
-    /// The server's committed offset as last learnt.
+    /// The server's committed offset as last learnt, in input bytes (see `base`).
     committed: u64,
+    /// `--append`: put the input after what the stream holds.
+    append: bool,
+    /// Stream offset of the input's byte 0, known after the first HEAD: the stream's length
+    /// then with `append`, else 0. Offsets inside the loop are input offsets.
+    base: Option<u64>,
 }
 
 impl Pusher {
@@ -96,6 +115,17 @@ impl Pusher {
                     }
                 };
                 need_head = false;
+                let state = match self.base {
+                    Some(_) => self.input_state(state)?,
+                    None => {
+                        self.base = Some(if self.append { state.offset } else { 0 });
+                        let state = self.input_state(state)?;
+                        if state.offset > 0 {
+                            self.verify_prefix(src, state.offset).await?;
+                        }
+                        state
+                    }
+                };
                 let start = *start_offset.get_or_insert(state.offset);
                 exists = state.exists;
                 if state.sealed {
@@ -121,6 +151,7 @@ impl Pusher {
             let request_start = src.pending.start;
             match self.patch(src, seal_now).await {
                 Ok(Answer::Committed(offset)) => {
+                    let offset = self.to_input(offset)?;
                     exists = true;
                     if offset < request_start || offset > src.pos() {
                         return Err(ClientError::Protocol(format!(
@@ -142,7 +173,8 @@ impl Pusher {
                 Ok(Answer::Conflict {
                     offset: Some(offset),
                     sealed: false,
-                }) if offset != request_start => {
+                }) if self.to_input(offset).is_ok_and(|o| o != request_start) => {
+                    let offset = self.to_input(offset)?;
                     self.retry.immediate(Transient::new(format!(
                         "HTTP 409: the server is at offset {offset}, not {request_start}"
                     )))?;
@@ -173,6 +205,56 @@ impl Pusher {
         }
     }
 
+    /// A stream offset as an input offset; a stream shorter than where the input started is a
+    /// stream changed behind this push's back.
+    fn to_input(&self, offset: u64) -> Result<u64, ClientError> {
+        let base = self.base.unwrap_or(0);
+        offset.checked_sub(base).ok_or(ClientError::OffsetBehind {
+            committed: offset,
+            acknowledged: base,
+        })
+    }
+
+    fn input_state(&self, mut state: StreamState) -> Result<StreamState, ClientError> {
+        state.offset = self.to_input(state.offset)?;
+        Ok(state)
+    }
+
+    /// Checks that the stream's bytes before `offset` are the input's: the last
+    /// [`VERIFY_WINDOW`] of them are read back and compared. Leaves the input aligned at
+    /// `offset`.
+    async fn verify_prefix(&mut self, src: &mut Source, offset: u64) -> Result<(), ClientError> {
+        let window = offset.min(VERIFY_WINDOW);
+        let start = offset - window;
+        let stream = self.session.stream.to_string();
+        src.sync_to(start, &stream).await?;
+        while src.pos() < offset {
+            let want = usize::try_from(offset - src.pos()).unwrap_or(usize::MAX);
+            if src.read_frame(want).await?.is_none() {
+                return Err(ClientError::InputShorter {
+                    stream,
+                    committed: offset,
+                    input_len: src.pos(),
+                });
+            }
+        }
+        let mine = src.pending_bytes();
+        let theirs = loop {
+            match self.session.read_range(start, window as usize).await {
+                Ok(bytes) => break bytes,
+                Err(failure) => self.failed(failure).await?,
+            }
+        };
+        if theirs != mine {
+            return Err(ClientError::Diverged {
+                stream,
+                committed: offset,
+                window,
+            });
+        }
+        src.sync_to(offset, &stream).await
+    }
+
     /// A fatal failure ends the push; a transient one waits (backoff) before the next try.
     async fn failed(&mut self, failure: Failure) -> Result<(), ClientError> {
         self.session.conn = None;
@@ -197,9 +279,10 @@ impl Pusher {
     }
 
     fn report(&self, start_offset: u64, sealed: bool) -> PushReport {
+        let base = self.base.unwrap_or(0);
         PushReport {
-            start_offset,
-            final_offset: self.committed,
+            start_offset: start_offset + base,
+            final_offset: self.committed + base,
             bytes_sent: self.sent,
             retries: self.retry.retries(),
             sealed,
@@ -214,7 +297,7 @@ impl Pusher {
         let mut builder = self
             .session
             .request(Method::PATCH, "")
-            .header("stream-offset", src.pending.start)
+            .header("stream-offset", src.pending.start + self.base.unwrap_or(0))
             .header(header::CONTENT_TYPE, "application/offset+octet-stream");
         if seal {
             builder = builder.header("stream-seal", "true");
@@ -310,7 +393,12 @@ impl Feeder<'_> {
             }
         }
         while !src.eof && src.pending.len() < self.limit {
-            let Some(frame) = src.read_frame(self.limit - src.pending.len()).await? else {
+            let read = src.read_frame(self.limit - src.pending.len());
+            // A quiet input ends the request (what was sent gets committed and answered).
+            let Ok(frame) = tokio::time::timeout(QUIET_END, read).await else {
+                break;
+            };
+            let Some(frame) = frame? else {
                 break;
             };
             self.retry.progress();

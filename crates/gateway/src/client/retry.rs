@@ -58,10 +58,12 @@ pub(crate) struct Retrier {
     retries: u64,
     /// xorshift64* state for the jitter; seeded from the OS.
     rng: u64,
+    /// Say on stderr what failed and when the next try comes (the CLI turns this on).
+    notices: bool,
 }
 
 impl Retrier {
-    pub(crate) fn new(policy: RetryPolicy) -> Self {
+    pub(crate) fn new(policy: RetryPolicy, notices: bool) -> Self {
         let seed = getrandom::u64().unwrap_or_else(|_| {
             // no OS randomness: jitter from the clock is good enough to spread clients
             std::time::SystemTime::now()
@@ -75,6 +77,7 @@ impl Retrier {
             last_progress: Instant::now(),
             retries: 0,
             rng: seed | 1,
+            notices,
         }
     }
 
@@ -112,6 +115,19 @@ impl Retrier {
             retries = self.retries,
             "retrying after a failure"
         );
+        if self.notices {
+            let left = self
+                .policy
+                .max_without_progress
+                .saturating_sub(self.last_progress.elapsed());
+            eprintln!(
+                "engine-gateway: {}; retrying in {:.1}s (retry {}, giving up in {}s without progress)",
+                why.reason,
+                delay.as_secs_f64(),
+                self.retries,
+                left.as_secs()
+            );
+        }
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -156,7 +172,7 @@ mod tests {
     #[test]
     fn jitter_stays_within_the_ceiling() {
         let ceiling = Duration::from_millis(250);
-        let mut r = Retrier::new(RetryPolicy::default());
+        let mut r = Retrier::new(RetryPolicy::default(), false);
         let delays: Vec<Duration> = (0..1000)
             .map(|_| full_jitter(ceiling, r.next_random()))
             .collect();
@@ -174,7 +190,7 @@ mod tests {
             max_backoff: Duration::from_millis(2),
             max_without_progress: Duration::from_millis(30),
         };
-        let mut r = Retrier::new(policy);
+        let mut r = Retrier::new(policy, false);
         let mut n = 0;
         let err = loop {
             match r.backoff(Transient::new("HTTP 503: busy")).await {
@@ -189,7 +205,7 @@ mod tests {
         assert_eq!(r.retries(), n);
         assert!(err.to_string().contains("HTTP 503: busy"), "{err}");
         // a Retry-After beyond the budget gives up at once instead of sleeping
-        let mut r = Retrier::new(policy);
+        let mut r = Retrier::new(policy, false);
         let long = Transient {
             reason: "HTTP 429".into(),
             retry_after: Some(Duration::from_secs(60)),

@@ -114,6 +114,17 @@ impl Source {
         })
     }
 
+    /// The pending bytes, copied in one piece (for comparing them with the stream's).
+    pub(crate) fn pending_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        for i in 0..self.pending.frame_count() {
+            if let Some(frame) = self.pending.frame(i) {
+                out.extend_from_slice(&frame);
+            }
+        }
+        out
+    }
+
     /// Input offset of the next byte to read (= end of `pending`).
     pub(crate) fn pos(&self) -> u64 {
         self.pos

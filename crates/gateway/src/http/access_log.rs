@@ -41,7 +41,10 @@ pub async fn log_access(request: Request, next: Next) -> Response {
         })
     });
     let response = next.run(request).await;
-    let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
+    let code = response
+        .extensions()
+        .get::<ErrorCode>()
+        .map(|code| code.as_str());
     let record = Record {
         started,
         method,

@@ -5,6 +5,9 @@
 //! timeout, header size) live in `server`.
 
 mod access_log;
+mod append;
+mod conn;
+mod drain;
 mod error;
 mod ops;
 mod query;
@@ -16,14 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{Method, StatusCode};
+use http::{Method, header};
 use tokio::sync::watch;
 
-pub use error::{ApiError, ErrorCode};
+pub use error::{ApiError, ErrorCode, canned_answer};
 
 use crate::auth::Authenticator;
 use crate::budget::ByteBudget;
@@ -39,6 +42,15 @@ pub struct HandlerLimits {
     pub body_timeout: Duration,
     /// Longest wait for memory budget before answering 503.
     pub budget_patience: Duration,
+    /// Longest time received PATCH bytes wait for a full chunk before they are committed.
+    pub flush_interval: Duration,
+    /// A PATCH slower than this many bytes per second over `body_rate_grace` is cut (408).
+    /// 0 turns the check off.
+    pub min_body_rate: u64,
+    /// The window over which `min_body_rate` is measured (and the grace before it applies).
+    pub body_rate_grace: Duration,
+    /// How often running PATCHes and GETs re-check their token (revocation, expiry).
+    pub auth_recheck: Duration,
 }
 
 impl Default for HandlerLimits {
@@ -47,6 +59,10 @@ impl Default for HandlerLimits {
             chunk_bytes: 256 * 1024,
             body_timeout: Duration::from_secs(30),
             budget_patience: streams::DEFAULT_BUDGET_PATIENCE,
+            flush_interval: Duration::from_millis(100),
+            min_body_rate: 32,
+            body_rate_grace: Duration::from_secs(10),
+            auth_recheck: Duration::from_secs(1),
         }
     }
 }
@@ -84,14 +100,17 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .merge(ops::memory_routes(&state))
+        // Stream work is refused over the memory soft limit; ops and debug endpoints keep
+        // answering, so an operator can still take a profile.
+        .route_layer(ops::soft_limit(&state, |request| {
+            !request
+                .extensions()
+                .get::<MatchedPath>()
+                .is_some_and(|m| m.as_str().starts_with("/v1/"))
+        }))
+        .route_layer(middleware::from_fn(classify))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(ops::soft_limit(&state, |r| {
-            matches!(
-                route_of(r.method(), r.uri().path()),
-                Route::Ops | Route::Debug | Route::Other
-            )
-        }))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), observe));
     // Outermost, so it also sees the soft limit's refusals.
     let router = if access_log {
@@ -108,41 +127,87 @@ async fn fallback() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this endpoint",
     )
 }
 
-/// Counts every answer by route, status and error code.
+/// Inside the router, where the matched route is known: the route's metric label.
+async fn classify(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(Route::Other, |m| route_of(request.method(), m.as_str()));
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(route);
+    response
+}
+
+/// Around everything: counts every answer by route, status and error code, gives every error
+/// status the JSON body (also axum's own rejections), and keeps keep-alive honest when the
+/// answer comes before the request body was read (`drain`).
 async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = route_of(request.method(), request.uri().path());
     let started = Instant::now();
-    let response = next.run(request).await.into_response();
-    let status = response.status().as_u16();
-    state.metrics.request(route, status, started.elapsed());
-    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+    let expect_continue = request.headers().contains_key(header::EXPECT);
+    let (parts, body) = request.into_parts();
+    let (body, slot) = drain::TrackedBody::wrap(body);
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    let status = response.status();
+    let code = match response.extensions().get::<ErrorCode>() {
+        Some(code) => Some(*code),
+        None if status.is_client_error() || status.is_server_error() => {
+            let code = ErrorCode::for_status(status);
+            response = json_error(code, response);
+            Some(code)
+        }
+        None => None,
+    };
+    drain::finish(&slot, expect_continue, &mut response).await;
+    let route = response
+        .extensions()
+        .get::<Route>()
+        .copied()
+        .unwrap_or(Route::Other);
+    state
+        .metrics
+        .request(route, status.as_u16(), started.elapsed());
+    if let Some(code) = code {
         state.metrics.error(code);
     }
     response
 }
 
-fn route_of(method: &Method, path: &str) -> Route {
-    if path.starts_with("/v1/streams/") {
-        match *method {
+/// An error answer that no handler built (an axum rejection): the same answer as JSON,
+/// keeping its headers (e.g. `Allow`) and extensions.
+fn json_error(code: ErrorCode, original: Response) -> Response {
+    let (mut parts, body) = original.into_parts();
+    drop(body);
+    let reason = parts.status.canonical_reason().unwrap_or("error");
+    let message = reason.to_lowercase();
+    let built = ApiError::new(code, message).into_response();
+    let (built_parts, built_body) = built.into_parts();
+    for (name, value) in &built_parts.headers {
+        parts.headers.insert(name, value.clone());
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.extensions.extend(built_parts.extensions);
+    parts.status = built_parts.status;
+    Response::from_parts(parts, built_body)
+}
+
+/// The metric label of a matched route (the route's pattern, not the request's path).
+fn route_of(method: &Method, pattern: &str) -> Route {
+    match pattern {
+        "/v1/streams/{*id}" => match *method {
             Method::HEAD => Route::Head,
             Method::PATCH => Route::Append,
             Method::GET => Route::Read,
             Method::DELETE => Route::Delete,
             _ => Route::Other,
-        }
-    } else if path == "/v1/streams" {
-        Route::List
-    } else if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        Route::Ops
-    } else if path.starts_with("/debug/") {
-        Route::Debug
-    } else {
-        Route::Other
+        },
+        "/v1/streams" => Route::List,
+        "/healthz" | "/readyz" | "/metrics" => Route::Ops,
+        "/debug/memory" | "/debug/memory/capture" | "/debug/pprof/heap" => Route::Debug,
+        _ => Route::Other,
     }
 }

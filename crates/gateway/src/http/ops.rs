@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::metrics::write_gauge;
 
 /// memwatch's endpoints for admin tokens, answering errors as the gateway does.
@@ -25,7 +25,13 @@ pub fn memory_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         if err.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %err.message, "memory endpoint failed");
         }
-        let mut api = ApiError::new(err.status, err.code, err.message);
+        // memwatch's codes are the gateway's own (`busy`, `profiling_disabled`, ...).
+        let code = ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|code| code.as_str() == err.code)
+            .unwrap_or_else(|| ErrorCode::for_status(err.status));
+        let mut api = ApiError::new(code, err.message);
         api.retry_after = err.retry_after;
         api.into_response()
     })
@@ -67,22 +73,15 @@ pub async fn healthz() -> Response {
 /// `GET /readyz`: the gateway takes new work (store writable, not shutting down).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if *state.draining.borrow() || *state.shutdown.borrow() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "shutting down",
-        ));
+        return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
     }
     if state.memory.over_soft_limit() {
         return Err(ApiError::overloaded("over the memory soft limit"));
     }
-    // not ready is always 503, whatever the store's reason (a full disk answers PATCHes 507)
+    // Not ready is always 503 `unavailable`, the store's reason in the message (a full disk
+    // answers PATCHes 507 `insufficient_storage`; a probe only needs to know it is not ready).
     if let Err(err) = state.store.ready().await {
-        let code = match ApiError::from(err) {
-            api if api.status == StatusCode::INSUFFICIENT_STORAGE => (api.code, api.message),
-            api => ("unavailable", api.message),
-        };
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code.0, code.1).retry_after(1));
+        return Err(ApiError::new(ErrorCode::Unavailable, err.to_string()));
     }
     Ok(json(StatusCode::OK, r#"{"status":"ready"}"#))
 }

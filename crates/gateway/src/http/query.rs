@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// Longest query string accepted (the URI itself is bounded by hyper's header limit).
 const MAX_PAIRS: usize = 16;
@@ -17,15 +17,15 @@ impl Query {
         let mut pairs = Vec::new();
         for part in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             if pairs.len() == MAX_PAIRS {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
                     "too many query parameters",
                 ));
             }
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let (Some(key), Some(value)) = (percent_decode(key), percent_decode(value)) else {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
                     "query is not valid percent-encoded UTF-8",
                 ));
             };
@@ -48,14 +48,11 @@ impl Query {
             .map(|v| {
                 parse_u64(v).ok_or_else(|| {
                     let code = if key == "offset" {
-                        "invalid_offset"
+                        ErrorCode::InvalidOffset
                     } else {
-                        "invalid_query"
+                        ErrorCode::InvalidQuery
                     };
-                    ApiError::bad_request(
-                        code,
-                        format!("{key} must be a decimal integer below 2^64"),
-                    )
+                    ApiError::new(code, format!("{key} must be a decimal integer below 2^64"))
                 })
             })
             .transpose()
@@ -65,7 +62,10 @@ impl Query {
         self.get(key)
             .map(|v| {
                 parse_bool(v).ok_or_else(|| {
-                    ApiError::bad_request("invalid_query", format!("{key} must be true or false"))
+                    ApiError::new(
+                        ErrorCode::InvalidQuery,
+                        format!("{key} must be true or false"),
+                    )
                 })
             })
             .transpose()
@@ -155,15 +155,15 @@ mod tests {
                 .u64("offset")
                 .unwrap_err()
                 .code,
-            "invalid_offset"
+            ErrorCode::InvalidOffset
         );
         assert_eq!(
             Query::parse(Some("a=%zz")).err().unwrap().code,
-            "invalid_query"
+            ErrorCode::InvalidQuery
         );
         assert_eq!(
             Query::parse(Some("a=%ff")).err().unwrap().code,
-            "invalid_query"
+            ErrorCode::InvalidQuery
         );
         assert!(Query::parse(None).unwrap().get("x").is_none());
     }

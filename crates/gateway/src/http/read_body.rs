@@ -1,4 +1,7 @@
 //! The body of a GET: reads committed bytes chunk by chunk and, when following, waits for more.
+//!
+//! The token is re-checked at least every `auth_recheck` while the body runs: a follower whose
+//! token is revoked or expires is cut within about that time.
 
 use std::future::Future;
 use std::io;
@@ -6,9 +9,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::Frame;
 
 use super::AppState;
@@ -17,8 +21,8 @@ use crate::budget::Reservation;
 use crate::store::ErrorKind;
 use crate::stream_id::StreamId;
 
-/// Longest a follower sleeps before checking again for shutdown and new bytes.
-const FOLLOW_WAIT: Duration = Duration::from_secs(5);
+/// Longest a follower sleeps before checking again for shutdown, its token and new bytes.
+const FOLLOW_WAIT: Duration = Duration::from_secs(1);
 
 /// A response body that reads a stream lazily: one chunk in memory at a time, taken from the
 /// byte budget, so slow readers cannot make the gateway hold more than the budget allows.
@@ -35,6 +39,10 @@ struct Reader {
     id: StreamId,
     offset: u64,
     follow: bool,
+    /// The request's credentials, re-checked while the body runs.
+    authorization: Option<HeaderValue>,
+    /// When the credentials were last found good.
+    checked: Instant,
     /// Budget for the chunk handed out last; released when the next one is asked for, by then
     /// hyper has taken the previous one.
     held: Option<Reservation>,
@@ -43,13 +51,21 @@ struct Reader {
 }
 
 impl ReadBody {
-    pub fn new(state: Arc<AppState>, id: StreamId, offset: u64, follow: bool) -> Self {
+    pub fn new(
+        state: Arc<AppState>,
+        id: StreamId,
+        offset: u64,
+        follow: bool,
+        authorization: Option<HeaderValue>,
+    ) -> Self {
         ReadBody {
             reader: Some(Reader {
                 state,
                 id,
                 offset,
                 follow,
+                authorization,
+                checked: Instant::now(),
                 held: None,
                 first: None,
             }),
@@ -65,17 +81,20 @@ impl ReadBody {
         id: StreamId,
         offset: u64,
         follow: bool,
+        authorization: Option<HeaderValue>,
     ) -> Result<Self, ApiError> {
         let chunk_bytes = state.limits.chunk_bytes;
-        let Some(reservation) = state
+        let Some(mut reservation) = state
             .budget
-            .reserve(chunk_bytes, state.limits.budget_patience)
+            .reserve(id.org(), chunk_bytes, state.limits.budget_patience)
             .await
         else {
             return Err(ApiError::overloaded("memory budget exhausted"));
         };
         let chunk = state.store.read(&id, offset, chunk_bytes).await?;
-        let mut body = ReadBody::new(state, id, offset, follow);
+        // Budget for what is held, not for what the read might have returned.
+        reservation.shrink_to(chunk.data.len());
+        let mut body = ReadBody::new(state, id, offset, follow, authorization);
         if !chunk.data.is_empty()
             && let Some(reader) = body.reader.as_mut()
         {
@@ -105,10 +124,22 @@ impl Reader {
             return Some(Ok(data));
         }
         loop {
-            let Some(reservation) = self
+            if self.checked.elapsed() >= self.state.limits.auth_recheck {
+                let auth = self.state.auth.authenticate(self.authorization.as_ref());
+                if let Err(err) = auth.await {
+                    tracing::info!(stream = %self.id, error = %err, "reader's token no longer valid, ending the body");
+                    return Some(Err(io::Error::other(err.to_string())));
+                }
+                self.checked = Instant::now();
+            }
+            let Some(mut reservation) = self
                 .state
                 .budget
-                .reserve(chunk_bytes, self.state.limits.budget_patience)
+                .reserve(
+                    self.id.org(),
+                    chunk_bytes,
+                    self.state.limits.budget_patience,
+                )
                 .await
             else {
                 return Some(Err(io::Error::other("memory budget exhausted")));
@@ -133,6 +164,8 @@ impl Reader {
                     .metrics
                     .read_bytes
                     .fetch_add(chunk.data.len() as u64, Relaxed);
+                // Budget for what is held, not for what the read might have returned.
+                reservation.shrink_to(chunk.data.len());
                 self.held = Some(reservation);
                 return Some(Ok(chunk.data));
             }

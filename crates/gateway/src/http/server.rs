@@ -1,28 +1,39 @@
 //! The accept loop: a connection cap, header limits and timeouts, graceful drain on shutdown.
 
+use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tower_service::Service;
 
+use super::conn::{GuardedBody, Registered, Registry, StallGuard};
+use super::error::{ErrorCode, canned_answer};
 use crate::metrics::Metrics;
 
 /// Limits enforced per connection, before any handler runs.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
-    /// Connections served at once; more are answered 503 and closed.
+    /// Connections served at once. A new one beyond evicts an idle connection, else it is
+    /// answered 503 and closed.
     pub max_connections: usize,
     /// Longest time to receive a request's headers, idle keep-alive time included (slowloris).
     pub header_timeout: Duration,
+    /// Longest time from accept to the first complete request head.
+    pub first_request_timeout: Duration,
+    /// A connection whose peer reads nothing of the answer for this long is closed.
+    pub write_stall: Duration,
     /// hyper's read buffer per connection; also the largest request head (else 431).
     pub max_header_bytes: usize,
     /// How long in-flight requests may run on after shutdown begins.
@@ -34,21 +45,21 @@ impl Default for ServerLimits {
         ServerLimits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(30),
+            first_request_timeout: Duration::from_secs(10),
+            write_stall: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             drain_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// What a connection over the cap is told before it is closed.
-const TOO_MANY_CONNECTIONS_BODY: &str = r#"{"error":"too_many_connections","message":"the gateway serves as many connections as it may; retry later"}"#;
+/// How long a connection that evicted another waits for the freed slot.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 fn too_many_connections() -> String {
-    let body = TOO_MANY_CONNECTIONS_BODY;
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    canned_answer(
+        ErrorCode::TooManyConnections,
+        "the gateway serves as many connections as it may; retry later",
     )
 }
 
@@ -71,6 +82,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<Drain> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let registry = Arc::new(Registry::default());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -87,19 +99,35 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let conn = Connection {
+                    router: router.clone(),
+                    limits: limits.clone(),
+                    metrics: Arc::clone(&metrics),
+                    shutdown: shutdown.clone(),
+                    registry: Arc::clone(&registry),
+                };
                 match Arc::clone(&slots).try_acquire_owned() {
                     Ok(slot) => {
-                        let (router, limits, metrics, shutdown) =
-                            (router.clone(), limits.clone(), Arc::clone(&metrics), shutdown.clone());
+                        connections.spawn(conn.serve(stream, slot));
+                    }
+                    Err(_) if registry.evict_one() => {
+                        // An idle connection was told to go: take its slot when it is free.
+                        metrics.evicted_connections.fetch_add(1, Relaxed);
+                        let slots = Arc::clone(&slots);
                         connections.spawn(async move {
-                            metrics.open_connections.fetch_add(1, Relaxed);
-                            serve_connection(stream, router, &limits, shutdown).await;
-                            metrics.open_connections.fetch_sub(1, Relaxed);
-                            drop(slot);
+                            let slot = tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned());
+                            match slot.await {
+                                Ok(Ok(slot)) => conn.serve(stream, slot).await,
+                                _ => {
+                                    conn.metrics.rejected_connections.fetch_add(1, Relaxed);
+                                    reject(stream).await;
+                                }
+                            }
                         });
                     }
                     Err(_) => {
                         metrics.rejected_connections.fetch_add(1, Relaxed);
+                        drop(conn);
                         connections.spawn(reject(stream));
                     }
                 }
@@ -124,32 +152,90 @@ pub async fn serve(
     Ok(Drain::Clean)
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted connection and what serving it needs.
+struct Connection {
     router: Router,
-    limits: &ServerLimits,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let service = TowerToHyperService::new(router);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_header_size(limits.max_header_bytes)
-        .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopping(&mut shutdown) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    limits: ServerLimits,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    /// Where it registers once it holds a slot (only then may it be evicted).
+    registry: Arc<Registry>,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        self.metrics.open_connections.fetch_add(1, Relaxed);
+        let metrics = Arc::clone(&self.metrics);
+        let registered = self.registry.register();
+        self.run(stream, &registered).await;
+        drop(registered);
+        metrics.open_connections.fetch_sub(1, Relaxed);
+        drop(slot);
+    }
+
+    async fn run(self, stream: TcpStream, registered: &Registered) {
+        let Connection {
+            router,
+            limits,
+            metrics,
+            mut shutdown,
+            registry: _,
+        } = self;
+        let activity = Arc::clone(&registered.activity);
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let guard = activity.begin();
+            let mut router = router.clone();
+            async move {
+                let response = match router.call(request.map(Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, guard)))
+            }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_header_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let io = StallGuard::new(stream, limits.write_stall, metrics);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let activity = &registered.activity;
+        let first_request = tokio::time::sleep(limits.first_request_timeout);
+        tokio::pin!(first_request);
+        let mut first_checked = false;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                () = stopping(&mut shutdown) => {
+                    connection.as_mut().graceful_shutdown();
+                    break connection.await;
+                }
+                () = activity.evict.notified() => {
+                    tracing::debug!(requests = activity.requests(), "idle connection evicted at the cap");
+                    if !activity.in_request() {
+                        return;
+                    }
+                    // A request started since it was chosen: let it finish, then close.
+                    connection.as_mut().graceful_shutdown();
+                    break connection.await;
+                }
+                () = &mut first_request, if !first_checked => {
+                    first_checked = true;
+                    if activity.requests() == 0 {
+                        tracing::debug!("no request head in time, closing");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(err) = result {
+            // Client resets, header timeouts, parse errors: normal on the internet.
+            tracing::debug!(error = %err, "connection ended with an error");
         }
-    };
-    if let Err(err) = result {
-        // Client resets, header timeouts, parse errors: normal on the internet.
-        tracing::debug!(error = %err, "connection ended with an error");
     }
 }
 
@@ -169,9 +255,7 @@ async fn reject(mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn canned_answer_length_is_right() {
-        let text = super::too_many_connections();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())));
+    fn canned_answer_says_too_many_connections() {
+        assert!(super::too_many_connections().contains("too_many_connections"));
     }
 }

@@ -1,23 +1,25 @@
 //! The stream endpoints of protocol v1: HEAD, PATCH, GET (with follow), list, DELETE.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body_util::BodyExt;
 
 use super::AppState;
-use super::error::ApiError;
+use super::append::Appender;
+use super::error::{ApiError, ErrorCode};
 use super::query::{Query, parse_bool, parse_u64};
 use super::read_body::ReadBody;
 use crate::auth::{Action, Principal};
-use crate::budget::Reservation;
-use crate::store::Appended;
+use crate::store::{ErrorKind, StoreError};
 use crate::stream_id::StreamId;
+
+/// The `{*id}` of a stream route; a path axum cannot decode (not UTF-8) is `invalid_stream_id`.
+type IdPath = Result<Path<String>, PathRejection>;
 
 /// The only content type a PATCH may carry (tus).
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
@@ -28,10 +30,12 @@ const MAX_LIST_LIMIT: usize = 10_000;
 /// `HEAD /v1/streams/{id}`: where to resume.
 pub async fn head(
     State(state): State<Arc<AppState>>,
-    Path(raw): Path<String>,
+    path: IdPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, id) = state.authorize(&headers, &raw, Action::Read).await?;
+    let (_, id) = state
+        .authorize(&headers, path?.0.as_str(), Action::Read)
+        .await?;
     let info = state.store.head(&id).await?;
     let mut response = StatusCode::OK.into_response();
     let h = response.headers_mut();
@@ -45,22 +49,24 @@ pub async fn head(
 /// the bytes arrive, so a broken connection keeps everything committed before it broke.
 pub async fn append(
     State(state): State<Arc<AppState>>,
-    Path(raw): Path<String>,
+    path: IdPath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (_, id) = state.authorize(&headers, &raw, Action::Append).await?;
+    let (_, id) = state
+        .authorize(&headers, path?.0.as_str(), Action::Append)
+        .await?;
     check_content_type(&headers)?;
     let offset = match headers.get("stream-offset") {
         None => {
-            return Err(ApiError::bad_request(
-                "missing_offset",
+            return Err(ApiError::new(
+                ErrorCode::MissingOffset,
                 "Stream-Offset header is required",
             ));
         }
         Some(value) => parse_u64(value.to_str().unwrap_or("")).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_offset",
+            ApiError::new(
+                ErrorCode::InvalidOffset,
                 "Stream-Offset must be a decimal integer below 2^64",
             )
         })?,
@@ -68,10 +74,20 @@ pub async fn append(
     let seal = match headers.get("stream-seal") {
         None => false,
         Some(value) => parse_bool(value.to_str().unwrap_or("")).ok_or_else(|| {
-            ApiError::bad_request("invalid_header", "Stream-Seal must be true or false")
+            ApiError::new(
+                ErrorCode::InvalidHeader,
+                "Stream-Seal must be true or false",
+            )
         })?,
     };
-    let appended = Appender::new(&state, id, offset).run(body, seal).await?;
+    if expects_continue(&headers) {
+        // hyper sends `100 Continue` when the body is first polled: every check that can fail
+        // runs before that, so a client told 409 never sends the body.
+        check_offset(&state, &id, offset).await?;
+    }
+    let appended = Appender::new(&state, id, &headers, offset)
+        .run(body, seal)
+        .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -88,26 +104,28 @@ pub async fn append(
 /// as they are committed until the stream is sealed or the client leaves.
 pub async fn read(
     State(state): State<Arc<AppState>>,
-    Path(raw): Path<String>,
+    path: IdPath,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, id) = state.authorize(&headers, &raw, Action::Read).await?;
+    let (_, id) = state
+        .authorize(&headers, path?.0.as_str(), Action::Read)
+        .await?;
     let query = Query::parse(query.as_deref())?;
     let offset = query.u64("offset")?.unwrap_or(0);
     let follow = query.bool("follow")?.unwrap_or(false);
     let info = state.store.head(&id).await?;
     if offset > info.length {
         return Err(ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "offset_out_of_range",
+            ErrorCode::OffsetOutOfRange,
             format!(
                 "offset {offset} is past the stream's committed length {}",
                 info.length
             ),
         ));
     }
-    let body = ReadBody::open(Arc::clone(&state), id, offset, follow).await?;
+    let authorization = headers.get(header::AUTHORIZATION).cloned();
+    let body = ReadBody::open(Arc::clone(&state), id, offset, follow, authorization).await?;
     let mut response = Body::new(body).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -147,10 +165,12 @@ pub async fn list(
 /// `DELETE /v1/streams/{id}` (admin).
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    Path(raw): Path<String>,
+    path: IdPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, id) = state.authorize(&headers, &raw, Action::Delete).await?;
+    let (_, id) = state
+        .authorize(&headers, path?.0.as_str(), Action::Delete)
+        .await?;
     state.store.delete(&id).await?;
     tracing::info!(stream = %id, "stream deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -205,186 +225,35 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     match media_type {
         Some(t) if t.eq_ignore_ascii_case(OFFSET_OCTET_STREAM) => Ok(()),
         _ => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("a PATCH body must be sent as Content-Type: {OFFSET_OCTET_STREAM}"),
         )),
     }
 }
 
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// The store's answer to an append at `offset`, asked before the body is read: the same
+/// conflict, sealed and not-found errors the append itself would give.
+async fn check_offset(state: &AppState, id: &StreamId, offset: u64) -> Result<(), ApiError> {
+    match state.store.head(id).await {
+        Ok(info) if info.sealed => Err(StoreError::sealed(id, info.length).into()),
+        Ok(info) if info.length != offset => {
+            Err(StoreError::conflict(id, offset, info.length).into())
+        }
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == ErrorKind::NotFound && offset == 0 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
 fn bool_header(value: bool) -> HeaderValue {
     HeaderValue::from_static(if value { "true" } else { "false" })
-}
-
-/// One PATCH body being appended: collects at most one chunk, hands it to the store, repeats.
-struct Appender<'a> {
-    state: &'a AppState,
-    id: StreamId,
-    /// Where the next chunk goes: the offset the client asked for, then each commit's result.
-    offset: u64,
-    /// Bytes received and not yet handed to the store (at most one chunk). Allocated at its
-    /// final size, so the budget covers exactly what is held.
-    chunk: BytesMut,
-    /// Budget held for `chunk` (its capacity), or for a frame handed over without a copy.
-    held: Option<Reservation>,
-    /// Body bytes still to come when the client sent a Content-Length: sizes the last chunk.
-    remaining: Option<u64>,
-    /// Result of the last append, if any happened.
-    last: Option<Appended>,
-}
-
-impl<'a> Appender<'a> {
-    fn new(state: &'a AppState, id: StreamId, offset: u64) -> Self {
-        Appender {
-            state,
-            id,
-            offset,
-            chunk: BytesMut::new(),
-            held: None,
-            remaining: None,
-            last: None,
-        }
-    }
-
-    async fn run(mut self, mut body: Body, seal: bool) -> Result<Appended, ApiError> {
-        let limits = &self.state.limits;
-        self.remaining = http_body::Body::size_hint(&body).exact();
-        loop {
-            let frame = match tokio::time::timeout(limits.body_timeout, body.frame()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(None) => break,
-                Ok(Some(Err(err))) => {
-                    // The client broke off: keep what arrived, then tell it (if it still listens).
-                    self.flush().await?;
-                    return Err(ApiError::bad_request(
-                        "body_error",
-                        format!("reading the body failed: {err}"),
-                    ));
-                }
-                Err(_) => {
-                    self.flush().await?;
-                    let secs = limits.body_timeout.as_secs();
-                    let mut err = ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "body_timeout",
-                        format!("no body bytes for {secs} s; what arrived is committed"),
-                    );
-                    err.offset = Some(self.offset);
-                    return Err(err);
-                }
-            };
-            // Trailers are ignored.
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if let Some(remaining) = &mut self.remaining {
-                *remaining = remaining.saturating_sub(data.len() as u64);
-            }
-            self.add(data).await?;
-        }
-        if !self.chunk.is_empty() || seal || self.last.is_none() {
-            self.commit(seal).await?;
-        }
-        self.last.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "no append happened",
-            )
-        })
-    }
-
-    /// Adds received bytes, committing every full chunk. Budget is taken before anything is
-    /// allocated; while it is not available the body is not read (backpressure).
-    async fn add(&mut self, mut data: Bytes) -> Result<(), ApiError> {
-        let chunk_bytes = self.state.limits.chunk_bytes;
-        while !data.is_empty() {
-            if self.chunk.is_empty() && data.len() >= chunk_bytes {
-                // A whole chunk in one frame: hand it over without copying.
-                self.hold(chunk_bytes, &data).await?;
-                let whole = data.split_to(chunk_bytes);
-                self.commit_bytes(whole, false).await?;
-                continue;
-            }
-            if self.chunk.capacity() == 0 {
-                // Exactly what this chunk will hold: the rest of the body, at most one chunk.
-                let rest = self
-                    .remaining
-                    .map_or(u64::MAX, |r| r.saturating_add(data.len() as u64));
-                let size = rest.min(chunk_bytes as u64) as usize;
-                self.hold(size, &data).await?;
-                self.chunk = BytesMut::with_capacity(size);
-            }
-            let take = data.len().min(chunk_bytes - self.chunk.len());
-            self.chunk.extend_from_slice(&data.split_to(take));
-            if self.chunk.len() == chunk_bytes {
-                self.commit(false).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes `bytes` of budget. When none comes in time, commits what was received (`pending`
-    /// included) and answers 503 with the committed offset.
-    async fn hold(&mut self, bytes: usize, pending: &Bytes) -> Result<(), ApiError> {
-        let patience = self.state.limits.budget_patience;
-        if let Some(reservation) = self.state.budget.reserve(bytes, patience).await {
-            match &mut self.held {
-                Some(held) => held.merge(reservation),
-                None => self.held = Some(reservation),
-            }
-            return Ok(());
-        }
-        self.chunk.extend_from_slice(pending);
-        self.flush().await?;
-        let mut err =
-            ApiError::overloaded("the gateway is at its memory budget; retry from Stream-Offset");
-        err.offset = Some(self.offset);
-        Err(err)
-    }
-
-    /// Commits what was received so far, if anything, keeping the error for the caller.
-    async fn flush(&mut self) -> Result<(), ApiError> {
-        if self.chunk.is_empty() {
-            Ok(())
-        } else {
-            self.commit(false).await
-        }
-    }
-
-    async fn commit(&mut self, seal: bool) -> Result<(), ApiError> {
-        let data = std::mem::take(&mut self.chunk).freeze();
-        self.commit_bytes(data, seal).await
-    }
-
-    async fn commit_bytes(&mut self, data: Bytes, seal: bool) -> Result<(), ApiError> {
-        let len = data.len() as u64;
-        if self.offset.checked_add(len).is_none() {
-            return Err(ApiError::bad_request(
-                "invalid_offset",
-                "offset plus body length overflows 2^64",
-            ));
-        }
-        let started = Instant::now();
-        let result = self
-            .state
-            .store
-            .append(&self.id, self.offset, data, seal)
-            .await;
-        self.state
-            .metrics
-            .append_latency
-            .observe_duration(started.elapsed());
-        self.held = None; // committed or refused: either way the bytes are no longer held
-        let appended = result?;
-        self.state
-            .metrics
-            .appended_bytes
-            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-        self.offset = appended.offset;
-        self.last = Some(appended);
-        Ok(())
-    }
 }
 
 /// How long a handler may wait for budget before answering 503.
