@@ -171,7 +171,10 @@ impl From<StoreError> for ApiError {
         // Unavailable is the backend's state, not a bug; a corrupted record was logged with
         // its position by the store already.
         if code.status().is_server_error()
-            && !matches!(code, ErrorCode::Unavailable | ErrorCode::DataCorrupted | ErrorCode::InsufficientStorage)
+            && !matches!(
+                code,
+                ErrorCode::Unavailable | ErrorCode::DataCorrupted | ErrorCode::InsufficientStorage
+            )
         {
             tracing::error!(error = %err, "store failed");
         }
