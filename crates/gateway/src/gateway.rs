@@ -117,6 +117,7 @@ pub async fn run(
     let auth = Arc::new(Authenticator::new(tokens, jwt));
 
     let metrics = Arc::new(Metrics::default());
+    let (deadline_tx, deadline) = watch::channel(false);
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         auth,
@@ -125,6 +126,7 @@ pub async fn run(
         limits: config.handler.clone(),
         shutdown: shutdown.clone(),
         draining,
+        deadline,
         memory: memory.clone(),
         access_log: config.access_log,
     });
@@ -142,6 +144,7 @@ pub async fn run(
         config.server.clone(),
         metrics,
         shutdown,
+        deadline_tx,
     )
     .await
     .context("serving HTTP")?;

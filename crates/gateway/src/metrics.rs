@@ -15,6 +15,8 @@ pub enum Route {
     Head,
     Append,
     Read,
+    /// A GET with `follow=true`: a long poll, kept apart from plain reads.
+    Follow,
     List,
     Delete,
     Ops,
@@ -22,10 +24,11 @@ pub enum Route {
     Other,
 }
 
-const ROUTES: [(Route, &str); 8] = [
+const ROUTES: [(Route, &str); 9] = [
     (Route::Head, "head"),
     (Route::Append, "append"),
     (Route::Read, "read"),
+    (Route::Follow, "follow"),
     (Route::List, "list"),
     (Route::Delete, "delete"),
     (Route::Ops, "ops"),
@@ -78,20 +81,34 @@ impl Histogram {
 
     pub fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.write_series(out, name, "");
+    }
+
+    /// The bucket, sum and count lines, with `labels` (`route="read",`, or empty) before `le`.
+    pub fn write_series(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, count) in self.counts.iter().enumerate() {
             cumulative += count.load(Relaxed);
             match self.bounds.get(i) {
                 Some(bound) => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+                    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
                 }
                 None => {
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
                 }
             }
         }
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let labels = labels.trim_end_matches(',');
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {cumulative}"
+        );
     }
 }
 
@@ -118,8 +135,8 @@ pub struct Metrics {
     pub stalled_readers_cut: AtomicU64,
     /// Time for one `Store::append` call, i.e. from handing a chunk over to its commit.
     pub append_latency: Histogram,
-    /// Whole request durations.
-    pub request_latency: Histogram,
+    /// Request durations (to the answer's head), one histogram per route.
+    request_latency: [Histogram; ROUTES.len()],
 }
 
 impl Default for Metrics {
@@ -134,7 +151,7 @@ impl Default for Metrics {
             evicted_connections: AtomicU64::new(0),
             stalled_readers_cut: AtomicU64::new(0),
             append_latency: Histogram::default(),
-            request_latency: Histogram::default(),
+            request_latency: Default::default(),
         }
     }
 }
@@ -150,7 +167,7 @@ impl Metrics {
             .position(|&x| x == status)
             .unwrap_or(OTHER_STATUS);
         self.requests[r][s].fetch_add(1, Relaxed);
-        self.request_latency.observe_duration(elapsed);
+        self.request_latency[r].observe_duration(elapsed);
     }
 
     pub fn error(&self, code: ErrorCode) {
@@ -231,8 +248,14 @@ impl Metrics {
             "engine_gateway_append_seconds",
             "time from handing a chunk to the store to its durable commit",
         );
-        self.request_latency
-            .write(out, "engine_gateway_request_seconds", "request durations");
+        let name = "engine_gateway_request_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} time to the answer's head, by route\n# TYPE {name} histogram"
+        );
+        for ((_, route), histogram) in ROUTES.iter().zip(&self.request_latency) {
+            histogram.write_series(out, name, &format!("route=\"{route}\","));
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{BIN, Gateway, request};
@@ -246,4 +247,70 @@ fn access_log_explains_refusals_without_secrets() {
     assert_eq!(refused["code"], "missing_token");
     assert_eq!(refused["token"], "none");
     assert_eq!(find(200)["bytes_out"], 10, "{access:?}");
+}
+
+#[test]
+fn a_patch_running_at_the_drain_deadline_gets_its_committed_offset() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut gw = Gateway::start_with(&["--set", "limits.shutdown_timeout_secs=1"], None);
+    let token = gw.admin_token();
+    let stream = "acme/prod/deadline";
+    let mut socket = std::net::TcpStream::connect(gw.addr).unwrap();
+    write!(
+        socket,
+        "PATCH /v1/streams/{stream} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+         stream-offset: 0\r\ncontent-type: application/offset+octet-stream\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    // A writer that keeps sending 1 KiB every 50 ms, well above the minimum rate, until the
+    // gateway answers.
+    let done = Arc::new(AtomicBool::new(false));
+    let mut writer = socket.try_clone().unwrap();
+    let stop = Arc::clone(&done);
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'd'; 1024];
+        while !stop.load(Ordering::Relaxed) {
+            if writer.write_all(b"400\r\n").is_err()
+                || writer.write_all(&chunk).is_err()
+                || writer.write_all(b"\r\n").is_err()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.offset(&token, stream).1.unwrap_or(0) < 4096 {
+        assert!(
+            Instant::now() < deadline,
+            "the PATCH's bytes were not committed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gw.signal_term();
+    let answer = common::read_response(socket).unwrap();
+    done.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.code(), "unavailable");
+    let committed: u64 = answer
+        .header("stream-offset")
+        .expect("the answer carries the committed offset")
+        .parse()
+        .unwrap();
+    assert!(
+        committed >= 4096 && committed.is_multiple_of(1024),
+        "{committed}"
+    );
+    assert_eq!(
+        gw.wait_exit(),
+        Some(4),
+        "a drain cut exits 4:\n{}",
+        gw.log()
+    );
+    gw.spawn();
+    assert_eq!(gw.offset(&token, stream), (200, Some(committed)));
 }

@@ -24,6 +24,7 @@ use tokio::time::sleep_until;
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
+use super::server::stopping;
 use crate::budget::Reservation;
 use crate::store::Appended;
 use crate::stream_id::StreamId;
@@ -80,6 +81,7 @@ impl<'a> Appender<'a> {
         let mut window_start = last_byte;
         let mut window_bytes = 0u64;
         let mut next_check = last_byte + limits.auth_recheck;
+        let mut deadline = self.state.deadline.clone();
         loop {
             let flush_at = self.pending_since.map(|t| t + limits.flush_interval);
             let frame = tokio::select! {
@@ -97,6 +99,16 @@ impl<'a> Appender<'a> {
                     return Err(self.cut(
                         ErrorCode::BodyTimeout,
                         format!("no body bytes for {secs} s; what arrived is committed"),
+                    ));
+                }
+                () = stopping(&mut deadline) => {
+                    // The gateway's drain deadline: keep what arrived, tell the client where.
+                    self.flush().await?;
+                    return Err(self.cut(
+                        ErrorCode::Unavailable,
+                        "the gateway is stopping; what arrived is committed, resume from \
+                         Stream-Offset"
+                            .to_owned(),
                     ));
                 }
                 () = sleep_until(next_check.into()) => {

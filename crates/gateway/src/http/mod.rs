@@ -77,6 +77,9 @@ pub struct AppState {
     pub limits: HandlerLimits,
     /// Turns true when the gateway stops serving (the listener closes): followers end.
     pub shutdown: watch::Receiver<bool>,
+    /// Turns true at the drain deadline: requests still running end now, a PATCH with 503
+    /// and its committed `Stream-Offset` rather than a cut connection.
+    pub deadline: watch::Receiver<bool>,
     /// Turns true when a stop is requested, `shutdown_delay` before `shutdown`: readiness
     /// fails so load balancers stop sending, while everything still serves.
     pub draining: watch::Receiver<bool>,
@@ -138,6 +141,10 @@ async fn classify(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or(Route::Other, |m| route_of(request.method(), m.as_str()));
+    let route = match route {
+        Route::Read if follows(request.uri().query()) => Route::Follow,
+        route => route,
+    };
     let mut response = next.run(request).await;
     response.extensions_mut().insert(route);
     response
@@ -171,7 +178,10 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     state
         .metrics
         .request(route, status.as_u16(), started.elapsed());
-    if let Some(code) = code {
+    // A probe's 503 is its answer ("not ready"), not an error of the gateway's.
+    if let Some(code) = code
+        && route != Route::Ops
+    {
         state.metrics.error(code);
     }
     response
@@ -193,6 +203,15 @@ fn json_error(code: ErrorCode, original: Response) -> Response {
     parts.extensions.extend(built_parts.extensions);
     parts.status = built_parts.status;
     Response::from_parts(parts, built_body)
+}
+
+/// Whether a GET's query asks to follow (for the metric label only: the handler parses the
+/// query strictly).
+fn follows(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "follow=true" | "follow=1"))
+    })
 }
 
 /// The metric label of a matched route (the route's pattern, not the request's path).

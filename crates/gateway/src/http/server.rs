@@ -63,6 +63,10 @@ fn too_many_connections() -> String {
     )
 }
 
+/// After the drain deadline, how long requests have to answer (a PATCH commits what it holds)
+/// before their connections are closed.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+
 /// How the connections ended once shutdown began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drain {
@@ -80,6 +84,7 @@ pub async fn serve(
     limits: ServerLimits,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
+    deadline: watch::Sender<bool>,
 ) -> io::Result<Drain> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
@@ -120,6 +125,7 @@ pub async fn serve(
                                 Ok(Ok(slot)) => conn.serve(stream, slot).await,
                                 _ => {
                                     conn.metrics.rejected_connections.fetch_add(1, Relaxed);
+                                    conn.metrics.error(ErrorCode::TooManyConnections);
                                     reject(stream).await;
                                 }
                             }
@@ -127,6 +133,7 @@ pub async fn serve(
                     }
                     Err(_) => {
                         metrics.rejected_connections.fetch_add(1, Relaxed);
+                        metrics.error(ErrorCode::TooManyConnections);
                         drop(conn);
                         connections.spawn(reject(stream));
                     }
@@ -144,8 +151,14 @@ pub async fn serve(
         let cut = connections.len();
         tracing::warn!(
             connections = cut,
-            "drain deadline passed, closing connections"
+            "drain deadline passed: ending requests still running, with their committed offset"
         );
+        // PATCHes commit what arrived and answer 503 with `Stream-Offset`; followers end.
+        let _ = deadline.send(true);
+        let _ = tokio::time::timeout(DEADLINE_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
         connections.shutdown().await;
         return Ok(Drain::Cut(cut));
     }
