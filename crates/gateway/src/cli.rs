@@ -260,9 +260,9 @@ pub struct PushArgs {
     /// this input (without it, a stream holding other bytes is refused).
     #[arg(long)]
     pub append: bool,
-    /// Bytes per PATCH request before a new one starts (bounds what a retry resends).
-    #[arg(long, default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
-    pub request_bytes: usize,
+    /// Bytes per PATCH request before a new one starts (bounds what a retry resends), e.g. 8MiB.
+    #[arg(long, default_value = "8MiB", value_name = "SIZE")]
+    pub request_bytes: ByteSize,
     /// File to send, or - for stdin.
     #[arg(default_value = "-")]
     pub input: PathBuf,

@@ -339,7 +339,7 @@ pub async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     options.notices = true;
     options.append = args.append;
     options.seal = args.seal;
-    options.request_bytes = args.request_bytes;
+    options.request_bytes = usize::try_from(args.request_bytes.bytes()).unwrap_or(usize::MAX);
     options.progress = true;
     Ok(match client::push(options).await {
         Ok(_) => ExitCode::SUCCESS,

@@ -65,6 +65,7 @@ pub(super) struct FileNats {
     /// First subject token (default `egw`).
     subject_prefix: Option<String>,
     max_age_secs: Option<u64>,
+    #[serde(default, deserialize_with = "super::units::deserialize_opt_size")]
     max_bytes: Option<u64>,
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
