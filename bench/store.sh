@@ -10,6 +10,7 @@
 #   BENCH_SEGMENT_MIB  segment size, MiB                         (default 64)
 #   BENCH_DATA_DIR     directory on the disk to measure          (default ./target)
 #   BENCH_OUT          result file                               (default bench/results/store-<date>.md)
+#   BENCH_SKIP_COMPACTION=1  ingest and reads only (e.g. on a tmpfs, where ingest fills it fast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -170,12 +170,12 @@ fn gateway_answers_507_and_heals_without_restart() {
         return;
     };
     let filler = mnt.0.join("filler");
-    std::fs::write(&filler, vec![1u8; 7 << 20]).unwrap();
+    std::fs::write(&filler, vec![1u8; 6 << 20]).unwrap();
     gw.spawn();
     let first = bytes_of(3, 0, 128 << 10);
     assert_eq!(gw.append(&admin, "o/c/full", 0, &first).status, 204);
     assert_eq!(gw.append(&admin, "o/c/spare", 0, b"spare").status, 204);
-    std::fs::write(&filler, vec![1u8; 8 << 20]).unwrap();
+    std::fs::write(&filler, vec![1u8; 9 << 20]).unwrap();
 
     let second = bytes_of(3, first.len() as u64, 64 << 10);
     let refused = gw.append(&admin, "o/c/full", first.len() as u64, &second);

@@ -217,9 +217,7 @@ fn read_piece(
         scratch.resize(piece.len as usize, 0);
         &mut scratch[..]
     };
-    let read = file
-        .read_exact_at(&mut header, start)
-        .and_then(|()| file.read_exact_at(data, piece.pos));
+    let read = read_two_at(&file, &mut header, data, start);
     if let Err(e) = read {
         out.truncate(at);
         return Ok(Err(StoreError::internal(format!(
@@ -250,4 +248,46 @@ fn read_piece(
         out.extend_from_slice(&scratch[piece.skip..piece.skip + piece.take]);
     }
     Ok(Ok(()))
+}
+
+/// Fills `head` and then `data` from `offset` of `file` with one `preadv` (a record's header and
+/// its data, into two buffers, without a second syscall or a copy), looping on short reads.
+fn read_two_at(file: &File, head: &mut [u8], data: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let total = head.len() + data.len();
+    let mut done = 0;
+    while done < total {
+        let (h, d): (&mut [u8], &mut [u8]) = if done < head.len() {
+            (&mut head[done..], &mut data[..])
+        } else {
+            (&mut [], &mut data[done - head.len()..])
+        };
+        let iov = [
+            libc::iovec {
+                iov_base: h.as_mut_ptr().cast(),
+                iov_len: h.len(),
+            },
+            libc::iovec {
+                iov_base: d.as_mut_ptr().cast(),
+                iov_len: d.len(),
+            },
+        ];
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| std::io::Error::other("segment offset out of range"))?;
+        // SAFETY: both iovecs point into live, exclusively borrowed buffers of the given
+        // lengths for the duration of the call; the descriptor is open.
+        let n = unsafe { libc::preadv(file.as_raw_fd(), iov.as_ptr(), 2, at) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
