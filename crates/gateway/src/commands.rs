@@ -294,7 +294,9 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
     match repaired {
         None => {
             println!(
-                "{} unreadable bytes, {} intact records after a gap in their stream;                  `engine-gateway store repair --data-dir {}` moves them to quarantine and keeps every other record",
+                "{} unreadable bytes, {} intact records after a gap in their stream;\n\
+                 `engine-gateway store repair --data-dir {}` moves them to quarantine and keeps \
+                 every other record",
                 check.damage.bytes(),
                 check.records_to_quarantine,
                 args_dir(&shown)
