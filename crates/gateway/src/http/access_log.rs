@@ -35,9 +35,10 @@ pub async fn log_access(request: Request, next: Next) -> Response {
     let token = token_of(request.headers().get(header::AUTHORIZATION));
     let bytes_in = Arc::new(AtomicU64::new(0));
     let request = request.map(|body| {
-        Body::new(Counted {
+        Body::new(Metered {
             inner: body,
             bytes: Arc::clone(&bytes_in),
+            record: None,
         })
     });
     let response = next.run(request).await;
@@ -54,11 +55,12 @@ pub async fn log_access(request: Request, next: Next) -> Response {
         org,
         token,
         bytes_in,
-        bytes_out: 0,
+        bytes_out: Arc::new(AtomicU64::new(0)),
     };
     response.map(|body| {
-        Body::new(Logged {
+        Body::new(Metered {
             inner: body,
+            bytes: Arc::clone(&record.bytes_out),
             record: Some(record),
         })
     })
@@ -117,7 +119,7 @@ struct Record {
     org: Option<String>,
     token: String,
     bytes_in: Arc<AtomicU64>,
-    bytes_out: u64,
+    bytes_out: Arc<AtomicU64>,
 }
 
 impl Record {
@@ -129,7 +131,7 @@ impl Record {
             status = self.status,
             code = self.code.unwrap_or("-"),
             bytes_in = self.bytes_in.load(Relaxed),
-            bytes_out = self.bytes_out,
+            bytes_out = self.bytes_out.load(Relaxed),
             duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
             org = self.org.as_deref().unwrap_or("-"),
             token = %self.token,
@@ -138,13 +140,15 @@ impl Record {
     }
 }
 
-/// A request body that counts what it yields.
-struct Counted {
+/// A body that counts the bytes it yields, and logs its request when it is dropped (the end
+/// of the answer, or the client leaving) if it carries the record.
+struct Metered {
     inner: Body,
     bytes: Arc<AtomicU64>,
+    record: Option<Record>,
 }
 
-impl HttpBody for Counted {
+impl HttpBody for Metered {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -170,41 +174,7 @@ impl HttpBody for Counted {
     }
 }
 
-/// A response body that counts what it yields and logs the request when it is dropped (its
-/// end, or the client leaving).
-struct Logged {
-    inner: Body,
-    record: Option<Record>,
-}
-
-impl HttpBody for Logged {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-            && let Some(record) = self.record.as_mut()
-        {
-            record.bytes_out += data.len() as u64;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Logged {
+impl Drop for Metered {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
             record.emit();
