@@ -138,13 +138,21 @@ async fn direct_run(
         ("BENCH_DIRECT", "bench")
     };
     let kv = if lookup {
-        let kv = js
-            .create_key_value(jetstream::kv::Config {
-                bucket: "bench-tokens".into(),
-                history: 1,
-                ..Default::default()
-            })
-            .await?;
+        // The bucket's backing stream as the gateway creates it (nats-server 2.9 refuses
+        // async-nats' own create_key_value request).
+        js.create_stream(stream::Config {
+            name: "KV_bench-tokens".into(),
+            subjects: vec!["$KV.bench-tokens.>".into()],
+            max_messages_per_subject: 1,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+        let kv = js.get_key_value("bench-tokens").await?;
         kv.put("0123456789abcdef", Bytes::from(vec![b'{'; 300]))
             .await?;
         Some(kv)
