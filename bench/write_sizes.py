@@ -1,3 +1,11 @@
+#!/usr/bin/env python3
+"""The cost of one large write() versus the same bytes in pieces, all under one fdatasync.
+
+Writes 1 GiB per size as 4 MiB batches (the store writer's largest batch), each batch in pieces
+of 4 MiB / 1 MiB / 256 KiB / 64 KiB followed by one fdatasync, and prints MiB/s and this
+process's CPU-s per GiB. Run it from a directory on the disk to measure (it writes
+./wsplit.bin and removes it): `cd target && python3 ../bench/write_sizes.py`.
+"""
 import os, time, sys
 buf = os.urandom(4 << 20)
 def run(piece, total=1 << 30):
