@@ -26,7 +26,7 @@ if [[ -z "${BENCH_NO_BUILD:-}" ]]; then
 fi
 run() {
     target/release/gateway-bench ingest --gateway-bin "$work/engine-gateway-$1" --streams 64 \
-        --chunk 64KiB --duration "$duration" --raw-batch 0 --out "$work/$1-$2.json" >/dev/null
+        --chunk 64KiB --duration "$duration" --baseline-duration 200ms --out "$work/$1-$2.json" >/dev/null
 }
 . bench/ab_rounds.sh
 ab_rounds "$rounds" counted plain run
@@ -40,7 +40,7 @@ for v in runs:
         rep = json.load(open(os.path.join(work, f"{v}-{r}.json")))
         machine = rep["machine"]
         s = rep["scenarios"][0]
-        runs[v].append((r, s["mib_per_s"], s.get("gateway_cpu_ms_per_gib") or float("nan"),
+        runs[v].append((r, s["mib_per_s"], (s.get("cpu_s_per_gib") or float("nan")) * 1000,
                         s["latency"]["p99_ms"], s["peak_rss_mib"], rep["raw"]["mib_per_s"]))
 paired = statistics.median(c[1] / p[1] for c, p in zip(runs["counted"], runs["plain"]))
 paired_cpu = statistics.median(c[2] / p[2] for c, p in zip(runs["counted"], runs["plain"]))

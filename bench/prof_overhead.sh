@@ -25,7 +25,7 @@ run() {
     local env_args=()
     [[ $1 == prof-off ]] && env_args=(--gateway-env MALLOC_CONF=prof:false)
     target/release/gateway-bench ingest --streams 64 --chunk 64KiB --duration "$duration" \
-        --raw-batch 0 "${env_args[@]}" --out "$work/$1-$2.json" >/dev/null
+        --baseline-duration 200ms "${env_args[@]}" --out "$work/$1-$2.json" >/dev/null
 }
 . bench/ab_rounds.sh
 ab_rounds "$rounds" prof-on prof-off run
@@ -42,7 +42,7 @@ for v in runs:
         s = rep["scenarios"][0]
         runs[v].append((r, s["mib_per_s"], s["latency"]["p50_ms"], s["latency"]["p99_ms"],
                         s["peak_rss_mib"], rep["raw"]["mib_per_s"], s["error_total"],
-                        s.get("gateway_cpu_ms_per_gib") or float("nan")))
+                        (s.get("cpu_s_per_gib") or float("nan")) * 1000))
 med = {v: statistics.median(x[1] for x in runs[v]) for v in runs}
 print("# Heap profiling cost on ingest\n")
 print(f"Measured by `bench/prof_overhead.sh` on {machine['date']}, {machine['nproc']} cores "

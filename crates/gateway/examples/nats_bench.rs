@@ -1,6 +1,8 @@
 //! Ingest into JetStream through the gateway versus a direct async-nats publisher, in one run
 //! against one fresh nats-server: same payload size, same concurrency, same headers, every
-//! message acknowledged before the next one on its stream. Prints a markdown table.
+//! message acknowledged before the next one on its stream. A third run is the direct publisher
+//! plus one key-value read per message, the round trip the gateway's token lookup costs per
+//! request. Prints a markdown table with nats-server's (and the gateway's) CPU per GiB.
 //!
 //! `cargo run --release --example nats_bench -- [--gateway PATH] [--nats-server PATH]
 //! [--streams N] [--payload BYTES] [--total-mib N]` (bench/nats.sh runs it and keeps results).
@@ -33,6 +35,10 @@ struct Run {
     name: &'static str,
     seconds: f64,
     bytes: usize,
+    /// CPU seconds nats-server used during the run.
+    nats_cpu_s: f64,
+    /// CPU seconds the gateway used during the run (gateway run only).
+    gateway_cpu_s: Option<f64>,
 }
 
 #[tokio::main]
@@ -57,45 +63,105 @@ async fn main() -> anyhow::Result<()> {
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     wait_until(|| std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok()).await?;
 
-    let direct = direct_run(&nats_url, &options).await;
-    let gateway = gateway_run(&nats_url, &options, dir.path()).await;
+    let nats_pid = nats.id();
+    let direct = direct_run(&nats_url, &options, nats_pid, false).await;
+    let looked_up = direct_run(&nats_url, &options, nats_pid, true).await;
+    let gateway = gateway_run(&nats_url, &options, dir.path(), nats_pid).await;
     let _ = nats.kill();
     let _ = nats.wait();
-    let direct = direct?;
-    let (gateway, peak_rss_kib) = gateway?;
+    let (direct, looked_up) = (direct?, looked_up?);
+    let (gateway, peak_rss_kib, metrics) = gateway?;
 
     let mib_s = |r: &Run| r.bytes as f64 / (1 << 20) as f64 / r.seconds;
+    let gib = |r: &Run| r.bytes as f64 / (1u64 << 30) as f64;
     println!(
-        "| path | streams | payload | MiB | seconds | MiB/s | msgs/s |\n|---|---|---|---|---|---|---|"
+        "| path | streams | payload | MiB | seconds | MiB/s | msgs/s | nats-server CPU-s/GiB | gateway CPU-s/GiB |\n|---|---|---|---|---|---|---|---|---|"
     );
-    for run in [&direct, &gateway] {
+    for run in [&direct, &looked_up, &gateway] {
         println!(
-            "| {} | {} | {} KiB | {} | {:.2} | {:.1} | {:.0} |",
+            "| {} | {} | {} KiB | {} | {:.2} | {:.1} | {:.0} | {:.2} | {} |",
             run.name,
             options.streams,
             options.payload / 1024,
             run.bytes >> 20,
             run.seconds,
             mib_s(run),
-            (run.bytes / options.payload) as f64 / run.seconds
+            (run.bytes / options.payload) as f64 / run.seconds,
+            run.nats_cpu_s / gib(run),
+            run.gateway_cpu_s
+                .map_or_else(|| "-".into(), |c| format!("{:.2}", c / gib(run))),
         );
     }
     println!(
-        "\ngateway / direct: **{:.2}×**; gateway peak RSS (VmHWM): **{:.1} MiB**",
+        "\ngateway / direct: **{:.2}×** throughput, **{:.2}×** nats-server CPU per GiB; \
+         direct with a KV read per message / direct: {:.2}× throughput, {:.2}× nats-server CPU \
+         per GiB; gateway peak RSS (VmHWM): **{:.1} MiB**",
         mib_s(&gateway) / mib_s(&direct),
+        (gateway.nats_cpu_s / gib(&gateway)) / (direct.nats_cpu_s / gib(&direct)),
+        mib_s(&looked_up) / mib_s(&direct),
+        (looked_up.nats_cpu_s / gib(&looked_up)) / (direct.nats_cpu_s / gib(&direct)),
         peak_rss_kib as f64 / 1024.0
     );
+    println!("\ngateway's nats counters after its run: {metrics}");
     Ok(())
 }
 
+/// User + system CPU seconds of a process so far, from `/proc/PID/stat` (fields 14 and 15).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("no ) in /proc/PID/stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("short /proc/PID/stat")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
 /// Publishes straight to JetStream the way the gateway does: gateway headers, a message id,
-/// the expected last subject sequence, and an acknowledgement awaited per message.
-async fn direct_run(url: &str, options: &Options) -> anyhow::Result<Run> {
+/// the expected last subject sequence, and an acknowledgement awaited per message; with
+/// `lookup`, each message is preceded by a read of one key of a key-value bucket (what the
+/// gateway's token check costs per request).
+async fn direct_run(
+    url: &str,
+    options: &Options,
+    nats_pid: u32,
+    lookup: bool,
+) -> anyhow::Result<Run> {
     let client = async_nats::connect(url).await?;
     let js = jetstream::new(client);
+    let (name, root) = if lookup {
+        ("BENCH_LOOKUP", "lookup")
+    } else {
+        ("BENCH_DIRECT", "bench")
+    };
+    let kv = if lookup {
+        // The bucket's backing stream as the gateway creates it (nats-server 2.9 refuses
+        // async-nats' own create_key_value request).
+        js.create_stream(stream::Config {
+            name: "KV_bench-tokens".into(),
+            subjects: vec!["$KV.bench-tokens.>".into()],
+            max_messages_per_subject: 1,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+        let kv = js.get_key_value("bench-tokens").await?;
+        kv.put("0123456789abcdef", Bytes::from(vec![b'{'; 300]))
+            .await?;
+        Some(kv)
+    } else {
+        None
+    };
     js.create_stream(stream::Config {
-        name: "BENCH_DIRECT".into(),
-        subjects: vec!["bench.>".into()],
+        name: name.into(),
+        subjects: vec![format!("{root}.>")],
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
         max_message_size: 1 << 20,
@@ -106,14 +172,20 @@ async fn direct_run(url: &str, options: &Options) -> anyhow::Result<Run> {
     .await?;
     let payload = Bytes::from(vec![b'd'; options.payload]);
     let per_stream = options.total / options.streams / options.payload;
+    let cpu_before = cpu_seconds(nats_pid)?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..options.streams {
-        let (js, payload) = (js.clone(), payload.clone());
+        let (js, payload, kv) = (js.clone(), payload.clone(), kv.clone());
         tasks.push(tokio::spawn(async move {
-            let subject = format!("bench.data.acme.prod.s{s}");
+            let subject = format!("{root}.data.acme.prod.s{s}");
             let mut prev = 0u64;
             for i in 0..per_stream {
+                if let Some(kv) = &kv {
+                    kv.get("0123456789abcdef")
+                        .await?
+                        .context("the key is gone")?;
+                }
                 let offset = (i * payload.len()) as u64;
                 let mut headers = HeaderMap::new();
                 headers.insert("Egw-Offset", offset.to_string().as_str());
@@ -139,19 +211,27 @@ async fn direct_run(url: &str, options: &Options) -> anyhow::Result<Run> {
         task.await??;
     }
     Ok(Run {
-        name: "direct async-nats publish",
+        name: if lookup {
+            "direct + one KV read per message"
+        } else {
+            "direct async-nats publish"
+        },
         seconds: started.elapsed().as_secs_f64(),
         bytes: per_stream * options.streams * options.payload,
+        nats_cpu_s: cpu_seconds(nats_pid)? - cpu_before,
+        gateway_cpu_s: None,
     })
 }
 
 /// Starts the gateway on the same server and PATCHes the same payloads through it over
-/// HTTP/1.1 keep-alive connections; returns the run and the gateway's peak RSS in KiB.
+/// HTTP/1.1 keep-alive connections; returns the run, the gateway's peak RSS in KiB and its
+/// nats counters.
 async fn gateway_run(
     nats_url: &str,
     options: &Options,
     dir: &std::path::Path,
-) -> anyhow::Result<(Run, u64)> {
+    nats_pid: u32,
+) -> anyhow::Result<(Run, u64, String)> {
     let port = free_port()?;
     let data_dir = dir.join("gateway");
     let mut gateway = ChildGuard(
@@ -171,6 +251,8 @@ async fn gateway_run(
     let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
     let payload = Bytes::from(vec![b'g'; options.payload]);
     let per_stream = options.total / options.streams / options.payload;
+    let gateway_pid = gateway.0.id();
+    let (nats_before, gateway_before) = (cpu_seconds(nats_pid)?, cpu_seconds(gateway_pid)?);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..options.streams {
@@ -205,7 +287,14 @@ async fn gateway_run(
         task.await??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let peak = peak_rss_kib(gateway.0.id())?;
+    let (nats_cpu_s, gateway_cpu_s) = (
+        cpu_seconds(nats_pid)? - nats_before,
+        cpu_seconds(gateway_pid)? - gateway_before,
+    );
+    let peak = peak_rss_kib(gateway_pid)?;
+    let metrics = nats_counters(port, &token)
+        .await
+        .unwrap_or_else(|err| format!("unavailable: {err:#}"));
     let _ = gateway.0.kill();
     let _ = gateway.0.wait();
     Ok((
@@ -213,9 +302,37 @@ async fn gateway_run(
             name: "through engine-gateway (HTTP PATCH)",
             seconds,
             bytes: per_stream * options.streams * options.payload,
+            nats_cpu_s,
+            gateway_cpu_s: Some(gateway_cpu_s),
         },
         peak,
+        metrics,
     ))
+}
+
+/// The gateway's `engine_gateway_store_nats_*_total` counters, one line.
+async fn nats_counters(port: u16, token: &str) -> anyhow::Result<String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let request = http::Request::get("/metrics")
+        .header("host", "bench")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))?;
+    let body = sender
+        .send_request(request)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("engine_gateway_store_nats_") && l.contains("_total"))
+        .map(|l| l.trim_start_matches("engine_gateway_store_nats_"))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// Kills the child when dropped, so a failed run leaves no gateway behind.

@@ -1,11 +1,13 @@
 //! Command line: raw clap flags, then one validated `IngestConfig` (defaults depend on `--smoke`).
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail, ensure};
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::Protocol;
 use crate::machine::utc_timestamp;
 
 #[derive(Debug, Parser)]
@@ -21,7 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start the gateway, append chunks from N concurrent streams, compare with raw fdatasync.
+    /// Start the gateway (or drive a running server), append chunks from N concurrent streams,
+    /// compare with the disk's durable sequential write rate measured in the same run.
     Ingest(IngestArgs),
     /// The backtrace incident side by side: a naive anyhow server and the gateway answering the
     /// same failing requests with RUST_BACKTRACE=1; RSS growth and latency of both.
@@ -92,7 +95,22 @@ pub struct IngestArgs {
     /// The engine-gateway binary to start (`serve --listen … --data-dir …`).
     #[arg(long, default_value = "target/release/engine-gateway")]
     pub gateway_bin: PathBuf,
-    /// Concurrent streams per scenario, comma separated [default: 1,64,256; smoke: 1,4].
+    /// Drive this running server instead of starting the gateway: `http://127.0.0.1:PORT/PREFIX`
+    /// on loopback; stream i of the n-stream scenario is `PREFIX/n<n>-<run>/s<i>`
+    /// [PREFIX default: /v1/streams/bench].
+    #[arg(long, requires = "token")]
+    pub target_url: Option<String>,
+    /// Bearer token for --target-url.
+    #[arg(long, requires = "target_url")]
+    pub token: Option<String>,
+    /// Process id of the --target-url server, for its CPU, page faults and RSS (its own user's
+    /// processes only).
+    #[arg(long, requires = "target_url")]
+    pub target_pid: Option<u32>,
+    /// Offset headers of --target-url: protocol v1 (`Stream-Offset`) or tus (`Upload-Offset`).
+    #[arg(long, value_enum, default_value = "v1")]
+    pub protocol: Protocol,
+    /// Concurrent streams per scenario, comma separated [default: 1,64,256,1024; smoke: 1,4].
     #[arg(long, value_delimiter = ',')]
     pub streams: Option<Vec<usize>>,
     /// Body size of every PATCH, e.g. 64KiB, 1MiB, 4096 [default: 64KiB].
@@ -101,6 +119,9 @@ pub struct IngestArgs {
     /// Length of each scenario and of the raw baseline, e.g. 10s, 500ms [default: 10s; smoke: 1s].
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Length of each disk baseline (limit and per-chunk sync) [default: --duration].
+    #[arg(long, value_parser = parse_duration)]
+    pub baseline_duration: Option<Duration>,
     /// Directory on the disk to measure; a fresh subdirectory is created and removed in it
     /// [default: ./target if it exists, else the system temp dir].
     #[arg(long)]
@@ -118,9 +139,10 @@ pub struct IngestArgs {
     /// Bound on one request; a stuck request counts as a transport error.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub request_timeout: Duration,
-    /// Chunks per fdatasync in the "raw batched" baseline; 0 or 1 skips it.
-    #[arg(long, default_value_t = 8)]
-    pub raw_batch: u32,
+    /// Bytes per fdatasync of the disk-limit baseline (64 KiB writes): the durable sequential
+    /// write rate every scenario is a share of.
+    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    pub limit_batch: u64,
     /// How often the gateway's VmRSS is sampled during a scenario.
     #[arg(long, value_parser = parse_duration, default_value = "20ms")]
     pub rss_interval: Duration,
@@ -139,20 +161,43 @@ pub struct IngestArgs {
     pub smoke: bool,
 }
 
+/// The server a run loads.
+#[derive(Debug, Clone)]
+pub enum ServerChoice {
+    /// Start this engine-gateway binary as a child, one process for all scenarios.
+    Spawn(PathBuf),
+    /// A server already running.
+    External(External),
+}
+
+/// A running server given by --target-url.
+#[derive(Debug, Clone)]
+pub struct External {
+    pub url: String,
+    pub addr: SocketAddr,
+    /// Path every stream's path starts with, without a trailing slash.
+    pub prefix: String,
+    pub token: String,
+    pub pid: Option<u32>,
+    pub protocol: Protocol,
+}
+
 /// A validated ingest run.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    pub gateway_bin: PathBuf,
+    pub server: ServerChoice,
     pub streams: Vec<usize>,
     pub chunk_bytes: usize,
     pub duration: Duration,
+    pub baseline_duration: Duration,
     /// The parent directory; the run works in a fresh subdirectory of it.
     pub data_dir: PathBuf,
     pub out: PathBuf,
     pub settle: Duration,
     pub startup_timeout: Duration,
     pub request_timeout: Duration,
-    pub raw_batch: u32,
+    /// Chunks of 64 KiB per fdatasync in the disk-limit baseline.
+    pub limit_chunks: u32,
     pub rss_interval: Duration,
     pub gateway_args: Vec<String>,
     pub gateway_env: Vec<(String, String)>,
@@ -171,9 +216,13 @@ const MAX_CHUNK: u64 = 64 * 1024 * 1024;
 impl IngestArgs {
     pub fn into_config(self) -> anyhow::Result<IngestConfig> {
         let smoke = self.smoke;
-        let streams = self
-            .streams
-            .unwrap_or_else(|| if smoke { vec![1, 4] } else { vec![1, 64, 256] });
+        let streams = self.streams.unwrap_or_else(|| {
+            if smoke {
+                vec![1, 4]
+            } else {
+                vec![1, 64, 256, 1024]
+            }
+        });
         ensure!(!streams.is_empty(), "--streams needs at least one value");
         for &n in &streams {
             ensure!(
@@ -206,11 +255,31 @@ impl IngestArgs {
             let kind = if smoke { "ingest-smoke" } else { "ingest" };
             PathBuf::from(format!("bench/results/{kind}-{run_id}.json"))
         });
+        ensure!(
+            (LIMIT_WRITE..=1 << 30).contains(&self.limit_batch),
+            "--limit-batch must be 64 KiB..=1 GiB"
+        );
+        let limit_chunks = u32::try_from(self.limit_batch / LIMIT_WRITE)?;
+        let server = match (self.target_url, self.token) {
+            (Some(url), Some(token)) => {
+                let (addr, prefix) = parse_target_url(&url)?;
+                ServerChoice::External(External {
+                    url,
+                    addr,
+                    prefix,
+                    token,
+                    pid: self.target_pid,
+                    protocol: self.protocol,
+                })
+            }
+            _ => ServerChoice::Spawn(self.gateway_bin),
+        };
         Ok(IngestConfig {
-            gateway_bin: self.gateway_bin,
+            server,
             streams,
             chunk_bytes: usize::try_from(chunk).context("--chunk too large for this machine")?,
             duration,
+            baseline_duration: self.baseline_duration.unwrap_or(duration),
             data_dir,
             out,
             settle: self
@@ -218,7 +287,7 @@ impl IngestArgs {
                 .unwrap_or(Duration::from_millis(if smoke { 200 } else { 1000 })),
             startup_timeout: self.startup_timeout,
             request_timeout: self.request_timeout,
-            raw_batch: self.raw_batch,
+            limit_chunks,
             rss_interval: self.rss_interval,
             gateway_args: self.gateway_args,
             gateway_env: self.gateway_env,
@@ -227,6 +296,29 @@ impl IngestArgs {
             run_id,
         })
     }
+}
+
+/// Write size of the disk-limit baseline.
+pub const LIMIT_WRITE: u64 = 64 * 1024;
+
+/// `http://HOST:PORT[/PREFIX]` on loopback: the address and the path prefix of streams.
+pub fn parse_target_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--target-url {url:?}: only http:// URLs are supported"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("--target-url {url:?}: {authority:?} is not HOST:PORT"))?
+        .find(|a| a.ip().is_loopback())
+        .with_context(|| format!("--target-url {url:?}: not a loopback address"))?;
+    let path = path.trim_end_matches('/');
+    let prefix = if path.is_empty() {
+        String::from("/v1/streams/bench")
+    } else {
+        path.to_owned()
+    };
+    Ok((addr, prefix))
 }
 
 /// Parses `KEY=VALUE` for the child's environment.
@@ -364,7 +456,27 @@ mod tests {
             args.into_config()
         };
         let normal = parse(&[]).unwrap_or_else(|err| panic!("{err:#}"));
-        assert_eq!(normal.streams, vec![1, 64, 256]);
+        assert_eq!(normal.streams, vec![1, 64, 256, 1024]);
+        assert_eq!(normal.limit_chunks, 128);
+        assert!(matches!(normal.server, ServerChoice::Spawn(_)));
+        let external = parse(&["--target-url", "http://127.0.0.1:9/up", "--token", "t"])
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        let ServerChoice::External(external) = external.server else {
+            panic!("not external")
+        };
+        assert_eq!((external.addr.port(), external.prefix.as_str()), (9, "/up"));
+        assert!(
+            Cli::try_parse_from([
+                "gateway-bench",
+                "ingest",
+                "--target-url",
+                "http://127.0.0.1:9"
+            ])
+            .is_err(),
+            "a URL without a token"
+        );
+        assert!(parse(&["--target-url", "https://127.0.0.1:9", "--token", "t"]).is_err());
+        assert!(parse(&["--target-url", "http://10.1.2.3:9", "--token", "t"]).is_err());
         assert_eq!(normal.duration, Duration::from_secs(10));
         assert_eq!(normal.chunk_bytes, 65536);
         assert!(

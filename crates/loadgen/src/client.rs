@@ -31,20 +31,49 @@ pub struct Target {
     authorization: HeaderValue,
     /// The `Host` header: HTTP/1.1 requires one and hyper's connection API does not add it.
     host: HeaderValue,
+    /// The header carrying the offset in PATCH, HEAD and 204 (`Stream-Offset` or `Upload-Offset`).
+    offset: HeaderName,
+    /// Sent with every request: `Tus-Resumable: 1.0.0` for a tus server.
+    extra: Option<(HeaderName, HeaderValue)>,
+}
+
+/// The dialect a server speaks: the same PATCH at an offset, under different header names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// engine-gateway's protocol v1: `Stream-Offset`.
+    V1,
+    /// tus 1.0 core: `Upload-Offset` and `Tus-Resumable: 1.0.0` (the upload URL must accept a
+    /// PATCH at offset 0 without a creation request).
+    Tus,
 }
 
 impl Target {
+    /// A protocol v1 server (engine-gateway).
     pub fn new(addr: SocketAddr, token: &str) -> anyhow::Result<Self> {
+        Self::speaking(addr, token, Protocol::V1)
+    }
+
+    /// A server speaking `protocol`.
+    pub fn speaking(addr: SocketAddr, token: &str, protocol: Protocol) -> anyhow::Result<Self> {
         if !addr.ip().is_loopback() {
             bail!("refusing to send load to {addr}: only loopback addresses are allowed");
         }
         let authorization = HeaderValue::try_from(format!("Bearer {token}"))
             .context("the token contains characters not allowed in a header")?;
         let host = HeaderValue::try_from(addr.to_string())?;
+        let (offset, extra) = match protocol {
+            Protocol::V1 => (STREAM_OFFSET, None),
+            Protocol::Tus => (
+                UPLOAD_OFFSET,
+                Some((TUS_RESUMABLE, HeaderValue::from_static("1.0.0"))),
+            ),
+        };
         Ok(Self {
             addr,
             authorization,
             host,
+            offset,
+            extra,
         })
     }
 
@@ -216,6 +245,10 @@ pub async fn probe(
 pub const STREAM_OFFSET: HeaderName = HeaderName::from_static("stream-offset");
 /// The `Stream-Sealed` header of the protocol.
 pub const STREAM_SEALED: HeaderName = HeaderName::from_static("stream-sealed");
+/// tus's offset header.
+pub const UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
+/// tus's version header, on every request but OPTIONS.
+pub const TUS_RESUMABLE: HeaderName = HeaderName::from_static("tus-resumable");
 /// The only content type a PATCH may carry.
 pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
@@ -234,6 +267,9 @@ impl Target {
         let headers = request.headers_mut();
         headers.insert(HOST, self.host.clone());
         headers.insert(AUTHORIZATION, self.authorization.clone());
+        if let Some((name, value)) = &self.extra {
+            headers.insert(name.clone(), value.clone());
+        }
         request
     }
 }
@@ -345,7 +381,7 @@ impl StreamTask {
                     continue;
                 }
             };
-            let committed = header_u64(&headers, &STREAM_OFFSET);
+            let committed = header_u64(&headers, &self.target.offset);
             match status {
                 StatusCode::NO_CONTENT => {
                     let expected = offset + self.chunk.len() as u64;
@@ -393,7 +429,7 @@ impl StreamTask {
             .target
             .request(Method::PATCH, &self.uri, self.chunk.clone());
         let headers = request.headers_mut();
-        headers.insert(STREAM_OFFSET, HeaderValue::from(offset));
+        headers.insert(self.target.offset.clone(), HeaderValue::from(offset));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(OFFSET_OCTET_STREAM));
         request
     }
@@ -405,8 +441,10 @@ impl StreamTask {
             let head = self.target.request(Method::HEAD, &self.uri, Bytes::new());
             let (status, headers) = conn.send(head).await?;
             let offset = match status {
-                StatusCode::OK => header_u64(&headers, &STREAM_OFFSET)
-                    .context("HEAD answered without a Stream-Offset")?,
+                StatusCode::OK | StatusCode::NO_CONTENT => {
+                    header_u64(&headers, &self.target.offset)
+                        .with_context(|| format!("HEAD answered without {}", self.target.offset))?
+                }
                 StatusCode::NOT_FOUND => 0,
                 other => bail!("HEAD answered {other}"),
             };

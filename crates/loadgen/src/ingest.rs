@@ -1,7 +1,10 @@
-//! The ingest benchmark: raw baseline, then the gateway under N concurrent streams per scenario.
+//! The ingest benchmark: the disk's baselines, then the server under N concurrent streams per
+//! scenario, each as a share of the disk's durable sequential write rate.
 //!
-//! One gateway process serves all scenarios (like a long-running service); its peak RSS is
-//! scoped to each scenario by resetting `VmHWM` through `/proc/PID/clear_refs` at the start.
+//! One server process serves all scenarios (like a long-running service): the gateway started
+//! as a child, or any protocol v1 / tus server given by URL. Its peak RSS is scoped to each
+//! scenario by resetting `VmHWM` through `/proc/PID/clear_refs` at the start; its CPU time and
+//! minor faults are read from `/proc/PID/stat` around each scenario.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,10 +13,10 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::child::{GatewayChild, GatewaySpec};
-use crate::cli::IngestConfig;
-use crate::client::{LoadSpec, run_load};
+use crate::cli::{IngestConfig, LIMIT_WRITE, ServerChoice};
+use crate::client::{LoadSpec, Target, run_load};
 use crate::machine::{command_output, gather};
-use crate::procmem::{RssSampler, cpu_time, read_status, reset_peak};
+use crate::procmem::{RssSampler, proc_stat, read_status, reset_peak};
 use crate::raw::{RawResult, mib_per_s, run_raw};
 use crate::report::{Report, ScenarioResult, Settings, mib, ratio};
 
@@ -63,75 +66,81 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
         move || Ok(gather(&dir))
     })
     .await?;
-    let gateway_version = blocking({
-        let bin = config.gateway_bin.clone();
-        move || Ok(command_output(bin, &["--version"]))
-    })
-    .await?;
-
-    let raw = raw_baseline(config, run_dir, 1).await?;
-    let raw_batched = match config.raw_batch {
-        0 | 1 => None,
-        n => Some(raw_baseline(config, run_dir, n).await?),
+    let server_version = match &config.server {
+        ServerChoice::Spawn(bin) => {
+            let bin = bin.clone();
+            blocking(move || Ok(command_output(bin, &["--version"]))).await?
+        }
+        ServerChoice::External(_) => None,
     };
 
-    let spec = GatewaySpec {
-        bin: config.gateway_bin.clone(),
-        data_dir: run_dir.join("gateway"),
-        extra_args: config.gateway_args.clone(),
-        env: config.gateway_env.clone(),
-        startup_timeout: config.startup_timeout,
-    };
-    let mut gateway = GatewayChild::start(&spec).await?;
-    eprintln!(
-        "gateway ready at {} (pid {})",
-        gateway.target().addr(),
-        gateway.pid()
-    );
+    // The ceiling first, then the per-chunk reference, both on the disk the server writes to.
+    let limit_write = LIMIT_WRITE as usize;
+    let secs = config.baseline_duration;
+    let limit = raw_baseline(run_dir, limit_write, config.limit_chunks, secs).await?;
+    let raw = raw_baseline(run_dir, config.chunk_bytes, 1, secs).await?;
+
+    let mut server = Server::start(config, run_dir).await?;
     tokio::time::sleep(config.settle).await;
-    let pid = gateway.pid();
-    let idle = blocking(move || Ok(read_status(pid)?)).await;
-    let idle_rss_mib = idle.ok().map(|s| mib(s.rss_bytes));
+    let idle_rss_mib = match server.pid() {
+        Some(pid) => blocking(move || Ok(read_status(pid)?))
+            .await
+            .ok()
+            .map(|s| mib(s.rss_bytes)),
+        None => None,
+    };
 
     let chunk = pattern_chunk(config.chunk_bytes);
     let mut scenarios = Vec::with_capacity(config.streams.len());
     let mut all_reset = true;
     for &streams in &config.streams {
-        let scenario = run_scenario(config, &mut gateway, &chunk, streams, raw.mib_per_s).await;
-        let scenario = match scenario {
+        let refs = References {
+            limit_mib_per_s: limit.mib_per_s,
+            raw_mib_per_s: raw.mib_per_s,
+        };
+        let scenario = match run_scenario(config, &mut server, &chunk, streams, refs).await {
             Ok(scenario) => scenario,
             Err(err) => {
-                gateway.stop().await;
+                server.stop().await;
                 return Err(err);
             }
         };
         all_reset &= scenario.peak_rss_reset;
         eprintln!(
-            "{streams} streams: {:.1} MiB/s ({:.2} x raw), p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB, {} errors",
+            "{streams} streams: {:.1} MiB/s ({:.2} of the limit), {} CPU-s/GiB, {} faults/GiB, p50 {:.2} ms, p99 {:.2} ms, peak RSS {:.1} MiB, {} errors",
             scenario.mib_per_s,
-            scenario.ratio_to_raw,
+            scenario.share_of_limit,
+            scenario
+                .cpu_s_per_gib
+                .map_or_else(|| "?".into(), |v| format!("{v:.2}")),
+            scenario
+                .minor_faults_per_gib
+                .map_or_else(|| "?".into(), |v| format!("{v:.0}")),
             scenario.latency.p50_ms,
             scenario.latency.p99_ms,
             scenario.peak_rss_mib.unwrap_or(0.0),
             scenario.error_total,
         );
         scenarios.push(scenario);
-        // Let the gateway finish background work before the next scenario starts.
+        // Let the server finish background work before the next scenario starts.
         tokio::time::sleep(config.settle.min(Duration::from_secs(1))).await;
     }
-    gateway.stop().await;
+    server.stop().await;
 
     let peak_rss_method = if all_reset {
-        "VmHWM of the gateway, reset at each scenario's start via /proc/PID/clear_refs (one gateway process for all scenarios)"
+        "VmHWM of the server, reset at each scenario's start via /proc/PID/clear_refs (one server process for all scenarios)"
     } else {
-        "VmHWM of the gateway since its start (clear_refs reset failed; one gateway process for all scenarios)"
+        "VmHWM of the server since its start (clear_refs reset failed; one server process for all scenarios)"
     };
     Ok(Report {
         benchmark: "ingest",
         machine,
         settings: Settings {
-            gateway_bin: config.gateway_bin.display().to_string(),
-            gateway_version,
+            server: match &config.server {
+                ServerChoice::Spawn(bin) => bin.display().to_string(),
+                ServerChoice::External(e) => format!("{} ({:?})", e.url, e.protocol),
+            },
+            server_version,
             data_dir: run_dir.display().to_string(),
             chunk_bytes: config.chunk_bytes as u64,
             duration_s: config.duration.as_secs_f64(),
@@ -140,18 +149,19 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
             peak_rss_method: peak_rss_method.into(),
         },
         idle_rss_mib,
+        limit,
         raw,
-        raw_batched,
         scenarios,
     })
 }
 
 async fn raw_baseline(
-    config: &IngestConfig,
     run_dir: &Path,
+    chunk: usize,
     per_sync: u32,
+    duration: Duration,
 ) -> anyhow::Result<RawResult> {
-    let (dir, chunk, duration) = (PathBuf::from(run_dir), config.chunk_bytes, config.duration);
+    let dir = PathBuf::from(run_dir);
     let raw = blocking(move || run_raw(&dir, chunk, per_sync, duration)).await?;
     eprintln!(
         "{}: {:.1} MiB/s, p50 {:.2} ms, p99 {:.2} ms",
@@ -160,41 +170,134 @@ async fn raw_baseline(
     Ok(raw)
 }
 
+/// The server under load: the gateway as a child, or a running server given by URL.
+enum Server {
+    Child(GatewayChild),
+    External { target: Target, pid: Option<u32> },
+}
+
+impl Server {
+    async fn start(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Self> {
+        match &config.server {
+            ServerChoice::Spawn(bin) => {
+                let spec = GatewaySpec {
+                    bin: bin.clone(),
+                    data_dir: run_dir.join("gateway"),
+                    extra_args: config.gateway_args.clone(),
+                    env: config.gateway_env.clone(),
+                    startup_timeout: config.startup_timeout,
+                };
+                let gateway = GatewayChild::start(&spec).await?;
+                eprintln!(
+                    "gateway ready at {} (pid {})",
+                    gateway.target().addr(),
+                    gateway.pid()
+                );
+                Ok(Self::Child(gateway))
+            }
+            ServerChoice::External(e) => {
+                let target = Target::speaking(e.addr, &e.token, e.protocol)?;
+                eprintln!("driving {} ({:?})", e.url, e.protocol);
+                Ok(Self::External { target, pid: e.pid })
+            }
+        }
+    }
+
+    fn target(&self) -> &Target {
+        match self {
+            Self::Child(gateway) => gateway.target(),
+            Self::External { target, .. } => target,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Child(gateway) => Some(gateway.pid()),
+            Self::External { pid, .. } => *pid,
+        }
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Child(gateway) => gateway.check_alive(),
+            Self::External { pid: Some(pid), .. } => {
+                anyhow::ensure!(
+                    Path::new(&format!("/proc/{pid}")).exists(),
+                    "the server (pid {pid}) is gone"
+                );
+                Ok(())
+            }
+            Self::External { pid: None, .. } => Ok(()),
+        }
+    }
+
+    async fn stop(self) {
+        if let Self::Child(gateway) = self {
+            gateway.stop().await;
+        }
+    }
+}
+
+/// The disk baselines a scenario is read against, MiB/s.
+#[derive(Clone, Copy)]
+struct References {
+    limit_mib_per_s: f64,
+    raw_mib_per_s: f64,
+}
+
 async fn run_scenario(
     config: &IngestConfig,
-    gateway: &mut GatewayChild,
+    server: &mut Server,
     chunk: &Bytes,
     streams: usize,
-    raw_mib_per_s: f64,
+    refs: References,
 ) -> anyhow::Result<ScenarioResult> {
-    gateway.check_alive()?;
-    let pid = gateway.pid();
-    let peak_rss_reset = blocking(move || Ok(reset_peak(pid)?)).await.is_ok();
-    let cpu_before = blocking(move || Ok(cpu_time(pid)?)).await.ok();
-    let sampler =
-        RssSampler::start(pid, config.rss_interval).context("starting the RSS sampler")?;
+    server.check_alive()?;
+    let pid = server.pid();
+    let peak_rss_reset = match pid {
+        Some(pid) => blocking(move || Ok(reset_peak(pid)?)).await.is_ok(),
+        None => false,
+    };
+    let stat_before = read_stat(pid).await;
+    let sampler = pid
+        .map(|pid| RssSampler::start(pid, config.rss_interval))
+        .transpose()
+        .context("starting the RSS sampler")?;
+    let prefix = match &config.server {
+        ServerChoice::Spawn(_) => "/v1/streams/bench",
+        ServerChoice::External(e) => e.prefix.as_str(),
+    };
     let spec = LoadSpec {
         streams,
         chunk: chunk.clone(),
         duration: config.duration,
         request_timeout: config.request_timeout,
-        path_prefix: format!("/v1/streams/bench/n{streams}-{}", config.run_id),
+        path_prefix: format!("{prefix}/n{streams}-{}", config.run_id),
     };
-    let load = run_load(gateway.target(), &spec).await;
-    let sampled = blocking(move || Ok(sampler.finish())).await?;
+    let load = run_load(server.target(), &spec).await;
+    let sampled = match sampler {
+        Some(sampler) => Some(blocking(move || Ok(sampler.finish())).await?),
+        None => None,
+    };
     let load = load?;
-    gateway
+    server
         .check_alive()
         .with_context(|| format!("during the {streams}-stream scenario"))?;
-    let status = blocking(move || Ok(read_status(pid)?)).await.ok();
-    let cpu_after = blocking(move || Ok(cpu_time(pid)?)).await.ok();
+    let status = match pid {
+        Some(pid) => blocking(move || Ok(read_status(pid)?)).await.ok(),
+        None => None,
+    };
+    let stat_after = read_stat(pid).await;
     let gib = load.acked_bytes as f64 / f64::from(1u32 << 30);
-    let gateway_cpu_ms_per_gib = cpu_before
-        .zip(cpu_after)
+    let used = stat_before
+        .zip(stat_after)
         .filter(|_| gib > 0.0)
-        .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1000.0 / gib);
+        .map(|(a, b)| a.until(b));
     let mib_s = mib_per_s(load.acked_bytes, load.elapsed);
     let secs = load.elapsed.as_secs_f64();
+    let sampled_max = sampled
+        .filter(|s| s.samples > 0)
+        .map(|s| mib(s.max_rss_bytes));
     Ok(ScenarioResult {
         streams,
         elapsed_s: secs,
@@ -206,16 +309,23 @@ async fn run_scenario(
         } else {
             0.0
         },
-        ratio_to_raw: ratio(mib_s, raw_mib_per_s),
+        share_of_limit: ratio(mib_s, refs.limit_mib_per_s),
+        ratio_to_raw: ratio(mib_s, refs.raw_mib_per_s),
         latency: load.latency.summary(),
         errors: load.errors,
         error_total: load.errors.total(),
         peak_rss_mib: status.map(|s| mib(s.hwm_bytes)),
         peak_rss_reset,
-        max_sampled_rss_mib: (sampled.samples > 0).then(|| mib(sampled.max_rss_bytes)),
-        rss_samples: sampled.samples,
-        gateway_cpu_ms_per_gib,
+        max_sampled_rss_mib: sampled_max,
+        rss_samples: sampled.map_or(0, |s| s.samples),
+        cpu_s_per_gib: used.map(|u| u.cpu.as_secs_f64() / gib),
+        minor_faults_per_gib: used.map(|u| u.minor_faults as f64 / gib),
     })
+}
+
+async fn read_stat(pid: Option<u32>) -> Option<crate::procmem::ProcStat> {
+    let pid = pid?;
+    blocking(move || Ok(proc_stat(pid)?)).await.ok()
 }
 
 /// The request body: a non-zero pattern, allocated once and shared by every request.

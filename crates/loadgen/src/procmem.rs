@@ -51,26 +51,54 @@ pub fn parse_status(text: &str) -> Option<MemStatus> {
     })
 }
 
-/// CPU time (user + system, all threads) a process has used, from `/proc/PID/stat`, in
-/// clock ticks of 10 ms (Linux's `USER_HZ` is 100 on every architecture it exports it for).
-pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+/// CPU time and page faults of a process so far, from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProcStat {
+    /// User + system time of all its threads.
+    pub cpu: Duration,
+    /// Minor page faults of all its threads (a page mapped without I/O: fresh heap pages,
+    /// page-cache pages touched the first time).
+    pub minor_faults: u64,
+}
+
+impl ProcStat {
+    /// What happened between `self` and a later reading.
+    pub fn until(self, later: ProcStat) -> ProcStat {
+        ProcStat {
+            cpu: later.cpu.saturating_sub(self.cpu),
+            minor_faults: later.minor_faults.saturating_sub(self.minor_faults),
+        }
+    }
+}
+
+/// CPU time and minor faults of `pid`, in clock ticks of 10 ms for the CPU (Linux's `USER_HZ`
+/// is 100 on every architecture it exports it for).
+pub fn proc_stat(pid: u32) -> io::Result<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_cpu_time(&text).ok_or_else(|| {
+    parse_stat(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("no utime/stime in /proc/{pid}/stat"),
+            format!("no minflt/utime/stime in /proc/{pid}/stat"),
         )
     })
 }
 
-/// utime + stime out of a `/proc/PID/stat` line (fields 14 and 15; the command name in
-/// parentheses may contain spaces, so fields are counted after its closing parenthesis).
-pub fn parse_cpu_time(text: &str) -> Option<Duration> {
+/// CPU time (user + system, all threads) a process has used.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    proc_stat(pid).map(|s| s.cpu)
+}
+
+/// minflt, utime and stime out of a `/proc/PID/stat` line (fields 10, 14 and 15; the command
+/// name in parentheses may contain spaces, so fields are counted after its closing
+/// parenthesis, where field 3 comes first).
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
+    let fields: Vec<&str> = rest.split_whitespace().take(13).collect();
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    Some(ProcStat {
+        cpu: Duration::from_millis((field(14)? + field(15)?) * 10),
+        minor_faults: field(10)?,
+    })
 }
 
 /// Samples a process's `VmRSS` on its own thread and keeps the largest value seen.
@@ -164,10 +192,12 @@ mod tests {
     }
 
     #[test]
-    fn parses_cpu_time_after_a_name_with_spaces() {
+    fn parses_cpu_and_faults_after_a_name_with_spaces() {
         let text = "42 (tokio runtime) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 8 0\n";
-        assert_eq!(parse_cpu_time(text), Some(Duration::from_millis(3250)));
-        assert_eq!(parse_cpu_time("42 (x) S 1"), None);
+        let stat = parse_stat(text);
+        assert_eq!(stat.map(|s| s.cpu), Some(Duration::from_millis(3250)));
+        assert_eq!(stat.map(|s| s.minor_faults), Some(100));
+        assert_eq!(parse_stat("42 (x) S 1"), None);
         let own = cpu_time(std::process::id()).unwrap_or_else(|err| panic!("{err}"));
         assert!(own < Duration::from_secs(3600));
     }

@@ -1,4 +1,6 @@
-//! The raw disk baseline: one writer appending chunks to a file with `fdatasync`, no gateway.
+//! The raw disk baselines: one writer appending chunks to a file with `fdatasync`, no gateway:
+//! one sync per chunk (the slowest durable append), and large batches per sync (the disk's
+//! durable sequential write rate, the ceiling the gateway is measured against).
 //!
 //! This is what durable appends cost on the data directory's filesystem, so the gateway's
 //! numbers can be read as a share of the disk rather than in a vacuum.
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::procmem::proc_stat;
 use crate::stats::{Histogram, LatencySummary};
 
 /// One raw run's result.
@@ -27,6 +30,9 @@ pub struct RawResult {
     pub mib_per_s: f64,
     /// Latency of one batch: its writes plus the `fdatasync` that makes them durable.
     pub latency: LatencySummary,
+    /// CPU time (user + system) of this process per GiB written: the floor of a write +
+    /// fdatasync loop, to read the gateway's cost against.
+    pub cpu_s_per_gib: Option<f64>,
 }
 
 /// Appends `chunks_per_sync` chunks then `fdatasync`s, in a loop, for `duration`, to a fresh
@@ -44,15 +50,25 @@ pub fn run_raw(
         .truncate(true)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
+    let before = proc_stat(std::process::id()).ok();
     let measured = measure(file, chunk_bytes, chunks_per_sync.max(1), duration)
         .with_context(|| format!("appending to {}", path.display()));
+    let after = proc_stat(std::process::id()).ok();
     let _ = std::fs::remove_file(&path);
     let (bytes, syncs, elapsed, latency) = measured?;
     let label = if chunks_per_sync <= 1 {
-        String::from("raw fdatasync")
+        String::from("raw fdatasync per chunk")
     } else {
-        format!("raw batched x{chunks_per_sync}")
+        format!(
+            "disk limit: fdatasync per {}",
+            size_label(chunk_bytes as u64 * u64::from(chunks_per_sync))
+        )
     };
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    let cpu_s_per_gib = before
+        .zip(after)
+        .filter(|_| gib > 0.0)
+        .map(|(a, b)| a.until(b).cpu.as_secs_f64() / gib);
     Ok(RawResult {
         label,
         chunk_bytes: chunk_bytes as u64,
@@ -62,7 +78,17 @@ pub fn run_raw(
         elapsed_s: elapsed.as_secs_f64(),
         mib_per_s: mib_per_s(bytes, elapsed),
         latency: latency.summary(),
+        cpu_s_per_gib,
     })
+}
+
+/// `8 MiB`, `64 KiB`, `1000 B`: whole binary units where they divide.
+pub fn size_label(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
 }
 
 /// Throughput in MiB/s; zero for an empty interval.
@@ -107,7 +133,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
         let result = run_raw(dir.path(), 4096, 2, Duration::from_millis(100))
             .unwrap_or_else(|err| panic!("{err:#}"));
-        assert_eq!(result.label, "raw batched x2");
+        assert_eq!(result.label, "disk limit: fdatasync per 8 KiB");
+        assert!(result.cpu_s_per_gib.is_some());
         assert!(result.syncs > 0);
         assert_eq!(result.bytes, result.syncs * 8192);
         assert_eq!(result.latency.count, result.syncs);
@@ -119,5 +146,8 @@ mod tests {
     fn throughput_in_mib() {
         assert_eq!(mib_per_s(3 * 1024 * 1024, Duration::from_secs(2)), 1.5);
         assert_eq!(mib_per_s(1, Duration::ZERO), 0.0);
+        assert_eq!(size_label(8 << 20), "8 MiB");
+        assert_eq!(size_label(65536), "64 KiB");
+        assert_eq!(size_label(1000), "1000 B");
     }
 }

@@ -20,19 +20,21 @@ pub struct Report {
     pub settings: Settings,
     /// Gateway `VmRSS` after start and a settle pause, before any load.
     pub idle_rss_mib: Option<f64>,
-    /// One writer, one `fdatasync` per chunk: the reference for `ratio_to_raw`.
+    /// One writer, 64 KiB writes, one `fdatasync` per several MiB: the disk's durable
+    /// sequential write rate, the ceiling for `share_of_limit`.
+    pub limit: RawResult,
+    /// One writer, one `fdatasync` per chunk: the second reference, for `ratio_to_raw`.
     pub raw: RawResult,
-    /// One writer, several chunks per `fdatasync`: what group commit could reach at best.
-    pub raw_batched: Option<RawResult>,
     pub scenarios: Vec<ScenarioResult>,
 }
 
 /// How the run was configured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
-    pub gateway_bin: String,
+    /// The gateway binary started, or the URL of the server driven.
+    pub server: String,
     /// First line of `engine-gateway --version`, when it answers.
-    pub gateway_version: Option<String>,
+    pub server_version: Option<String>,
     pub data_dir: String,
     pub chunk_bytes: u64,
     pub duration_s: f64,
@@ -51,6 +53,8 @@ pub struct ScenarioResult {
     pub requests: u64,
     pub mib_per_s: f64,
     pub requests_per_s: f64,
+    /// `mib_per_s` over the disk limit's.
+    pub share_of_limit: f64,
     /// `mib_per_s` over the raw (one sync per chunk) baseline's.
     pub ratio_to_raw: f64,
     /// Send → 204 of acknowledged PATCHes, i.e. commit latency.
@@ -64,9 +68,11 @@ pub struct ScenarioResult {
     /// Largest `VmRSS` seen by sampling every few milliseconds during the scenario.
     pub max_sampled_rss_mib: Option<f64>,
     pub rss_samples: u64,
-    /// CPU time (user + system) the gateway used during the scenario, per GiB acknowledged:
+    /// CPU seconds (user + system) the server used during the scenario, per GiB acknowledged:
     /// a cost figure the disk's noise does not blur as much as throughput.
-    pub gateway_cpu_ms_per_gib: Option<f64>,
+    pub cpu_s_per_gib: Option<f64>,
+    /// The server's minor page faults during the scenario, per GiB acknowledged.
+    pub minor_faults_per_gib: Option<f64>,
 }
 
 impl Report {
@@ -92,9 +98,9 @@ impl Report {
         let _ = writeln!(md, "- data dir: {} on {fs}", s.data_dir);
         let _ = writeln!(
             md,
-            "- gateway: {} ({}), commit {}",
-            s.gateway_bin,
-            s.gateway_version.as_deref().unwrap_or("version unknown"),
+            "- server: {} ({}), commit {}",
+            s.server,
+            s.server_version.as_deref().unwrap_or("version unknown"),
             m.git_commit.as_deref().unwrap_or("unknown"),
         );
         let _ = writeln!(
@@ -106,16 +112,18 @@ impl Report {
         );
         let _ = writeln!(md, "- peak RSS: {}\n", s.peak_rss_method);
         md.push_str(
-            "| scenario | MiB/s | x raw | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | sampled max RSS MiB | errors |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| scenario | MiB/s | share of limit | x per-chunk sync | CPU-s/GiB | minor faults/GiB | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | sampled max RSS MiB | errors |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
-        for raw in std::iter::once(&self.raw).chain(self.raw_batched.as_ref()) {
+        for raw in [&self.limit, &self.raw] {
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | - | - | 0 |",
+                "| {} | {:.1} | {:.2} | {:.2} | {} | - | {:.0} | {:.2} | {:.2} | {:.2} | - | - | 0 |",
                 raw.label,
                 raw.mib_per_s,
+                ratio(raw.mib_per_s, self.limit.mib_per_s),
                 ratio(raw.mib_per_s, self.raw.mib_per_s),
+                num_cell(raw.cpu_s_per_gib, 2),
                 raw.syncs as f64 / raw.elapsed_s.max(f64::MIN_POSITIVE),
                 raw.latency.p50_ms,
                 raw.latency.p99_ms,
@@ -125,11 +133,14 @@ impl Report {
         for sc in &self.scenarios {
             let _ = writeln!(
                 md,
-                "| {} stream{} | {:.1} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {}{} | {} | {} |",
+                "| {} stream{} | {:.1} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {}{} | {} | {} |",
                 sc.streams,
                 if sc.streams == 1 { "" } else { "s" },
                 sc.mib_per_s,
+                sc.share_of_limit,
                 sc.ratio_to_raw,
+                num_cell(sc.cpu_s_per_gib, 2),
+                num_cell(sc.minor_faults_per_gib, 0),
                 sc.requests_per_s,
                 sc.latency.p50_ms,
                 sc.latency.p99_ms,
@@ -145,7 +156,11 @@ impl Report {
             );
         }
         let _ = writeln!(md, "\nidle RSS: {} MiB", mib_cell(self.idle_rss_mib));
-        md.push_str("\nraw rows: one writer on the same filesystem; req/s there is fdatasync/s.\n");
+        md.push_str(
+            "\nraw rows: one writer on the same filesystem, no server; req/s there is fdatasync/s, \
+             CPU-s/GiB the benchmark process's own. The disk limit (64 KiB writes, large batches \
+             per fdatasync) is the ceiling every share is of.\n",
+        );
         md
     }
 
@@ -178,6 +193,10 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+fn num_cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| String::from("?"), |v| format!("{v:.decimals$}"))
+}
+
 fn mib_cell(value: Option<f64>) -> String {
     value.map_or_else(|| String::from("?"), |v| format!("{v:.1}"))
 }
@@ -208,6 +227,7 @@ mod tests {
             elapsed_s: 10.0,
             mib_per_s,
             latency: latency(0.3, 0.9),
+            cpu_s_per_gib: Some(0.5),
         };
         Report {
             benchmark: "ingest",
@@ -225,8 +245,8 @@ mod tests {
                 git_commit: Some("abc123".into()),
             },
             settings: Settings {
-                gateway_bin: "target/release/engine-gateway".into(),
-                gateway_version: None,
+                server: "target/release/engine-gateway".into(),
+                server_version: None,
                 data_dir: "/tmp/d".into(),
                 chunk_bytes: 65536,
                 duration_s: 10.0,
@@ -235,8 +255,8 @@ mod tests {
                 peak_rss_method: "VmHWM reset".into(),
             },
             idle_rss_mib: Some(12.25),
-            raw: raw("raw fdatasync", 200.0, 1),
-            raw_batched: Some(raw("raw batched x8", 600.0, 8)),
+            limit: raw("disk limit: fdatasync per 8 MiB", 600.0, 128),
+            raw: raw("raw fdatasync per chunk", 200.0, 1),
             scenarios: vec![ScenarioResult {
                 streams: 64,
                 elapsed_s: 10.0,
@@ -244,6 +264,7 @@ mod tests {
                 requests: 2400,
                 mib_per_s: 150.0,
                 requests_per_s: 2400.0,
+                share_of_limit: 0.25,
                 ratio_to_raw: 0.75,
                 latency: latency(1.5, 12.25),
                 errors: ErrorCounts::default(),
@@ -252,7 +273,8 @@ mod tests {
                 peak_rss_reset: true,
                 max_sampled_rss_mib: Some(47.5),
                 rss_samples: 500,
-                gateway_cpu_ms_per_gib: Some(900.0),
+                cpu_s_per_gib: Some(0.9),
+                minor_faults_per_gib: Some(1500.0),
             }],
         }
     }
@@ -264,11 +286,11 @@ mod tests {
         assert_eq!(rows.len(), 4, "{md}");
         assert_eq!(
             rows[3],
-            "| 64 streams | 150.0 | 0.75 | 2400 | 1.50 | 12.25 | 24.50 | 48.0 | 47.5 | 3 |"
+            "| 64 streams | 150.0 | 0.25 | 0.75 | 0.90 | 1500 | 2400 | 1.50 | 12.25 | 24.50 | 48.0 | 47.5 | 3 |"
         );
         assert_eq!(
-            rows[2],
-            "| raw batched x8 | 600.0 | 3.00 | 200 | 0.30 | 0.90 | 1.80 | - | - | 0 |"
+            rows[1],
+            "| disk limit: fdatasync per 8 MiB | 600.0 | 1.00 | 3.00 | 0.50 | - | 200 | 0.30 | 0.90 | 1.80 | - | - | 0 |"
         );
         assert!(
             md.contains("idle RSS: 12.2 MiB") || md.contains("idle RSS: 12.3 MiB"),

@@ -23,8 +23,9 @@ fn main() {
         _ if args.iter().any(|a| a == "--list") => return,
         _ => {}
     }
-    let checks: [(&str, fn()); 4] = [
+    let checks: [(&str, fn()); 5] = [
         ("smoke run writes results", smoke_run_writes_results),
+        ("a running server is driven by URL", drives_a_running_server),
         (
             "failed start shows the gateway's stderr",
             failed_start_shows_stderr,
@@ -50,8 +51,8 @@ fn smoke_run_writes_results() {
             "1,3",
             "--chunk",
             "16KiB",
-            "--raw-batch",
-            "4",
+            "--limit-batch",
+            "256KiB",
         ],
         tmp.path(),
         &out,
@@ -60,7 +61,7 @@ fn smoke_run_writes_results() {
     assert!(output.status.success(), "{}", describe(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("| 3 streams |") && stdout.contains("| raw fdatasync |"),
+        stdout.contains("| 3 streams |") && stdout.contains("| raw fdatasync per chunk |"),
         "{stdout}"
     );
 
@@ -74,11 +75,15 @@ fn smoke_run_writes_results() {
         assert!(sc["peak_rss_mib"].as_f64().unwrap() > 0.0, "{sc}");
         assert_eq!(sc["peak_rss_reset"], true, "{sc}");
         assert!(sc["rss_samples"].as_u64().unwrap() > 0, "{sc}");
+        assert!(sc["cpu_s_per_gib"].as_f64().is_some(), "{sc}");
+        assert!(sc["minor_faults_per_gib"].as_f64().is_some(), "{sc}");
+        assert!(sc["share_of_limit"].as_f64().unwrap() > 0.0, "{sc}");
     }
     assert!(json["idle_rss_mib"].as_f64().unwrap() > 0.0);
     assert!(json["raw"]["mib_per_s"].as_f64().unwrap() > 0.0);
-    assert_eq!(json["raw_batched"]["label"], "raw batched x4");
-    assert_eq!(json["settings"]["gateway_version"], "fake-gateway 0.0.0");
+    assert_eq!(json["limit"]["label"], "disk limit: fdatasync per 256 KiB");
+    assert_eq!(json["limit"]["chunks_per_sync"], 4);
+    assert_eq!(json["settings"]["server_version"], "fake-gateway 0.0.0");
     assert!(json["machine"]["data_fs"]["fs_type"].is_string());
     assert_eq!(
         std::fs::read_to_string(out.with_extension("md")).unwrap(),
@@ -88,6 +93,52 @@ fn smoke_run_writes_results() {
         run_dirs_left(tmp.path()),
         0,
         "the run directory was not removed"
+    );
+}
+
+fn drives_a_running_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(tmp.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let token = tmp.path().join("admin.token");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !token.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = tmp.path().join("r.json");
+    let url = format!("http://{addr}/v1/streams/peer");
+    let pid = server.id().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway-bench"))
+        .args(["ingest", "--smoke", "--duration", "300ms", "--streams", "2"])
+        .args(["--target-url", &url, "--token", TOKEN, "--target-pid", &pid])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(output.status.success(), "{}", describe(&output));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let sc = &json["scenarios"][0];
+    assert!(sc["requests"].as_u64().unwrap() > 0, "{sc}");
+    assert!(sc["cpu_s_per_gib"].as_f64().is_some(), "{sc}");
+    assert!(sc["peak_rss_mib"].as_f64().unwrap() > 0.0, "{sc}");
+    assert!(
+        json["settings"]["server"]
+            .as_str()
+            .unwrap()
+            .starts_with(&url),
+        "{json}"
     );
 }
 
