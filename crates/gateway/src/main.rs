@@ -20,16 +20,17 @@ static GLOBAL: memwatch::Allocator = memwatch::Allocator::new();
 #[cfg(feature = "plain-jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-// Sampled heap profiling (memwatch's default). Freed pages go back to the kernel after 1 s
+// Sampled heap profiling (memwatch's default). Freed pages go back to the kernel within 250 ms
 // (jemalloc's default is 10 s, which made a 256-stream ingest peak at ~75 MiB RSS instead of
 // ~55 MiB), not at once: with no delay every request body was faulted in afresh, ~320k minor
-// faults and 1.5-2x the CPU per GiB ingested; with 1 s ~15k faults per GiB (bench/README.md,
-// "Where the CPU goes"). A background thread does that purge, so an idle gateway gives the
-// pages back too instead of holding them until its next allocation. One arena per CPU instead
+// faults and 1.5-2x the CPU per GiB ingested; with 250 ms 5-25k faults per GiB, the same CPU
+// as 1 s and 12 MiB less peak RSS at 1,024 streams (bench/README.md, "Where the CPU goes").
+// No `background_thread`: jemalloc would start it before `main`, and the backtrace policy can
+// only be applied while the process has one thread (idle RSS was the same without it). One arena per CPU instead
 // of four: each arena holds its own metadata and partly used slabs, ~0.4 MiB of idle RSS on
 // two cores, and a gateway's threads are mostly idle or waiting on I/O.
 memwatch::malloc_conf!(
-    c"prof:true,prof_active:true,lg_prof_sample:19,dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:true,percpu_arena:percpu"
+    c"prof:true,prof_active:true,lg_prof_sample:19,dirty_decay_ms:250,muzzy_decay_ms:0,percpu_arena:percpu"
 );
 
 /// Threads for blocking work; see the runtime builder below.
