@@ -62,7 +62,7 @@ pub enum StoreCommand {
 
 #[derive(Debug, Args)]
 pub struct StoreDirArgs {
-    /// The gateway's data directory (the store is DIR/store).
+    /// The gateway's data directory (the store is DIR/store, the tokens DIR/tokens).
     #[arg(
         long,
         env = "ENGINE_GATEWAY_DATA_DIR",
@@ -189,14 +189,9 @@ pub enum TokenCommand {
 /// NATS key-value bucket (`--store nats://...`; the data directory is then not used).
 #[derive(Debug, Args)]
 pub struct TokenStoreArgs {
-    /// The gateway's data directory (embedded store only).
-    #[arg(
-        long,
-        env = "ENGINE_GATEWAY_DATA_DIR",
-        value_name = "DIR",
-        default_value = "./data"
-    )]
-    pub data_dir: PathBuf,
+    /// The gateway's data directory (embedded store only; not used with NATS).
+    #[command(flatten)]
+    pub dir: StoreDirArgs,
     /// TOML configuration file, for its `store` and `[nats]` settings.
     #[arg(long, env = "ENGINE_GATEWAY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -210,7 +210,7 @@ fn revoke_id(arg: &str) -> anyhow::Result<String> {
 async fn open_tokens(args: TokenStoreArgs) -> anyhow::Result<Arc<dyn TokenStore>> {
     match load_store(args.config.as_deref(), args.store.overrides())? {
         StoreConfig::Embedded => {
-            let dir = args.data_dir;
+            let dir = args.dir.data_dir;
             // A typo in --data-dir must not quietly create an empty token store elsewhere.
             if !dir.join("tokens").is_dir() && !dir.join("store").is_dir() {
                 anyhow::bail!(
