@@ -293,11 +293,14 @@ impl Inner {
         if !self.connected() {
             return Err(self.disconnected());
         }
-        let info = self
-            .stream
-            .get_info()
-            .await
-            .map_err(|err| self.unavailable("stream info", err))?;
+        let info = match self.stream.get_info().await {
+            Ok(info) => info,
+            Err(err) => {
+                let err = self.unavailable("stream info", err);
+                self.health.record_unanswered(&err);
+                return Err(err);
+            }
+        };
         let verdict = match &info.cluster {
             Some(cluster) => quorum(cluster),
             None => Ok(()),

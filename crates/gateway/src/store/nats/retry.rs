@@ -19,42 +19,70 @@ use super::Inner;
 /// Pause between two attempts; the new leader of an R3 group is usually elected within 1–3 s.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// How often the health watch asks the stream's leader about its quorum.
+/// How often the health watch asks the stream's leader about its quorum while it has one.
 pub(super) const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often it asks while writes are refused, so they resume soon after a new leader.
+const HEALTH_INTERVAL_DOWN: Duration = Duration::from_millis(250);
 /// A verdict older than this is not trusted to refuse requests.
 const HEALTH_FRESH: Duration = Duration::from_secs(3);
+/// Unanswered stream-info probes in a row that count as "no leader": one may be a busy
+/// server; two (each waited `attempt_timeout`) mean no leader answers, as when quorum is
+/// lost and the leader has stepped down.
+const UNANSWERED_PROBES_DOWN: u32 = 2;
 
 /// The last readiness verdict (the health watch's or a probe's): while it says the stream
 /// cannot take writes (no leader, no quorum), requests are refused at once instead of each
 /// waiting out `request_timeout`.
 #[derive(Default)]
 pub(super) struct Health {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
     /// When the stream was last found unable to take writes, and why; `None` when it could.
-    down: Mutex<Option<(Instant, String)>>,
+    down: Option<(Instant, String)>,
+    /// Stream-info probes in a row that got no answer.
+    unanswered: u32,
 }
 
 impl Health {
+    /// A probe's answer: the stream's own account of its leader and replicas.
     pub(super) fn record(&self, verdict: &Result<(), crate::store::StoreError>) {
-        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        *down = match verdict {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.unanswered = 0;
+        state.down = match verdict {
             Ok(()) => None,
             Err(err) => Some((Instant::now(), err.to_string())),
         };
     }
 
+    /// A probe that got no answer (a timeout, no responders).
+    pub(super) fn record_unanswered(&self, err: &crate::store::StoreError) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.unanswered = state.unanswered.saturating_add(1);
+        if state.unanswered >= UNANSWERED_PROBES_DOWN {
+            state.down = Some((Instant::now(), err.to_string()));
+        }
+    }
+
     /// Why writes cannot succeed now, when a fresh verdict says so.
     pub(super) fn known_down(&self) -> Option<String> {
-        let down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        down.as_ref()
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .down
+            .as_ref()
             .filter(|(at, _)| at.elapsed() < HEALTH_FRESH)
             .map(|(_, why)| why.clone())
     }
 }
 
-/// Checks readiness every [`HEALTH_INTERVAL`] until the store is closed or dropped.
+/// Checks readiness every [`HEALTH_INTERVAL`] (faster while writes are refused) until the
+/// store is closed or dropped.
 pub(super) async fn watch_health(inner: Weak<Inner>) {
+    let mut interval = HEALTH_INTERVAL;
     loop {
-        tokio::time::sleep(HEALTH_INTERVAL).await;
+        tokio::time::sleep(interval).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -63,6 +91,11 @@ pub(super) async fn watch_health(inner: Weak<Inner>) {
         }
         // Records its verdict in `inner.health`.
         let _ = inner.ready().await;
+        interval = if inner.health.known_down().is_some() {
+            HEALTH_INTERVAL_DOWN
+        } else {
+            HEALTH_INTERVAL
+        };
     }
 }
 
@@ -81,7 +114,8 @@ impl Inner {
     }
 
     /// Runs `op` until it succeeds, fails with an error `transient` does not accept, the
-    /// connection drops, or `request_timeout` passes.
+    /// connection drops, the health watch finds the stream unable to take writes, or
+    /// `request_timeout` passes.
     pub(super) async fn retrying<T, E, F, Fut>(
         &self,
         transient: impl Fn(&E) -> bool,
@@ -100,7 +134,10 @@ impl Inner {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
-            if !transient(&err) || Instant::now() + RETRY_PAUSE >= deadline {
+            if !transient(&err)
+                || Instant::now() + RETRY_PAUSE >= deadline
+                || self.health.known_down().is_some()
+            {
                 return Err(Attempts::Failed(err));
             }
             self.metrics
