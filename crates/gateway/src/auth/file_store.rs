@@ -3,7 +3,9 @@
 //!
 //! **Architecture invariant:** a revocation or expiry written by any process is seen on the next
 //! request: the in-memory cache is only a parse cache, re-validated by one `stat` per lookup
-//! against the file's (mtime, ctime, len, inode). Unknown ids are never cached.
+//! against the file's (mtime, ctime, len, inode). Unknown ids are never cached. A lookup that
+//! hits the cache (the `stat` matches) runs on the caller's thread; reads and parses run on
+//! the lookup thread.
 
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -145,6 +147,12 @@ impl TokenStore for FileTokenStore {
         if !is_token_id(id) {
             return Ok(None);
         }
+        // The common case, a known token whose file did not change: one `stat` of an inode
+        // the kernel has cached (about a microsecond), here rather than a round trip to the
+        // lookup thread (two thread wake-ups per request, a third of the CPU of a small PATCH).
+        if let Some(record) = self.inner.unchanged(id) {
+            return Ok(Some(record));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         match self.lookups.try_send((id.to_owned(), reply)) {
             Ok(()) => answer
@@ -240,6 +248,20 @@ impl Inner {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached record of `id` if its file is still the one it was parsed from; `None` when
+    /// not cached, changed, gone or unreadable ([`Inner::get`] then finds out which).
+    fn unchanged(&self, id: &str) -> Option<TokenRecord> {
+        let cached = self.lock().get(id).map(|c| c.stamp)?;
+        let stamp = Stamp::of(&fs::metadata(self.path(id)).ok()?);
+        if stamp != cached {
+            return None;
+        }
+        self.lock()
+            .get(id)
+            .filter(|c| c.stamp == stamp)
+            .map(|c| c.record.clone())
     }
 
     fn get(&self, id: &str) -> Result<Option<TokenRecord>, TokenError> {

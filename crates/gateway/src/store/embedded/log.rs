@@ -5,9 +5,12 @@
 //! The log is the truth; the redb index only says where things are.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
 
 /// Largest single `write` of a batch. One 4 MiB `pwrite` into the page cache cost 3-5x the CPU
 /// per GiB of the same bytes in 256 KiB pieces on the reference VM (and ran at a third of the
@@ -69,6 +72,23 @@ impl Record<'_> {
 
     /// Appends the framed record to `buf`.
     pub(super) fn encode(&self, buf: &mut Vec<u8>) {
+        let data = self.data();
+        self.encode_head(buf, crc32fast::hash(data));
+        buf.extend_from_slice(data);
+    }
+
+    /// An append record's data; empty for the others (their payload is all fixed fields).
+    fn data(&self) -> &[u8] {
+        match self {
+            Record::Append { data, .. } => data,
+            _ => &[],
+        }
+    }
+
+    /// Appends the record's header and payload to `buf`, except an append record's data: that
+    /// is written from where it is (see [`Batch`]), and `data_crc`, its crc32 computed where
+    /// it arrived, is combined into the record's checksum.
+    fn encode_head(&self, buf: &mut Vec<u8>, data_crc: u32) {
         let start = buf.len();
         let (kind, a, b) = match *self {
             Record::Create { key, time, .. } => (CREATE, key, time),
@@ -85,18 +105,162 @@ impl Record<'_> {
         buf.extend_from_slice(&b.to_le_bytes());
         match *self {
             Record::Create { name, .. } => buf.extend_from_slice(name.as_bytes()),
-            Record::Append { time, data, .. } => {
-                buf.extend_from_slice(&time.to_le_bytes());
-                buf.extend_from_slice(data);
-            }
+            Record::Append { time, .. } => buf.extend_from_slice(&time.to_le_bytes()),
             Record::Seal { .. } | Record::Delete { .. } => {}
         }
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&buf[start..start + 12]);
         hasher.update(&buf[start + HEADER_LEN..]);
+        let data_len = self.data().len() as u64;
+        if data_len > 0 {
+            hasher.combine(&crc32fast::Hasher::new_with_initial_len(data_crc, data_len));
+        }
         let crc = hasher.finalize();
         buf[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
     }
+}
+
+/// The records of one batch, as `write_durably` writes them: their heads (header and fixed
+/// fields) encoded back to back, and the data of append records as the `Bytes` the requests
+/// brought. Nothing is copied in user space; the kernel's copy into the page cache is the only
+/// one (a 4 MiB batch buffer cost the writer thread a fifth of its time in `memmove`).
+#[derive(Default)]
+pub(super) struct Batch {
+    heads: Vec<u8>,
+    /// The batch in log order.
+    parts: Vec<Part>,
+    len: usize,
+}
+
+enum Part {
+    /// `heads[start..end]`.
+    Head { start: usize, end: usize },
+    Data(Bytes),
+}
+
+impl Batch {
+    /// Bytes the batch takes in the log.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.heads.clear();
+        self.parts.clear();
+        self.len = 0;
+    }
+
+    /// Adds a record, copying it whole (records without data, and tests).
+    pub(super) fn push(&mut self, record: &Record<'_>) {
+        let start = self.heads.len();
+        record.encode(&mut self.heads);
+        self.extend_head(start);
+    }
+
+    /// Adds an append record whose data is `data` (the record borrows the same bytes), without
+    /// copying them; `data_crc` is their crc32.
+    pub(super) fn push_append(&mut self, record: &Record<'_>, data: Bytes, data_crc: u32) {
+        debug_assert!(matches!(record, Record::Append { data: d, .. } if *d == &data[..]));
+        let start = self.heads.len();
+        record.encode_head(&mut self.heads, data_crc);
+        self.extend_head(start);
+        if !data.is_empty() {
+            self.len += data.len();
+            self.parts.push(Part::Data(data));
+        }
+    }
+
+    /// Counts `heads[start..]` as the next part, merged into the previous head if adjacent.
+    fn extend_head(&mut self, start: usize) {
+        let end = self.heads.len();
+        self.len += end - start;
+        if let Some(Part::Head { end: last, .. }) = self.parts.last_mut()
+            && *last == start
+        {
+            *last = end;
+            return;
+        }
+        self.parts.push(Part::Head { start, end });
+    }
+
+    /// Writes the batch at `at` of `file` in `pwritev`s of at most [`WRITE_PIECE`] bytes.
+    fn write_at(&self, file: &File, mut at: u64) -> io::Result<()> {
+        let mut piece: Vec<IoSlice<'_>> = Vec::with_capacity(16);
+        let mut piece_len = 0;
+        for part in &self.parts {
+            let mut bytes: &[u8] = match part {
+                Part::Head { start, end } => &self.heads[*start..*end],
+                Part::Data(data) => data,
+            };
+            while !bytes.is_empty() {
+                let (now, rest) = bytes.split_at(bytes.len().min(WRITE_PIECE - piece_len));
+                piece.push(IoSlice::new(now));
+                piece_len += now.len();
+                bytes = rest;
+                if piece_len == WRITE_PIECE || piece.len() == MAX_IOV {
+                    write_all_vectored_at(file, &mut piece, at)?;
+                    at += piece_len as u64;
+                    piece.clear();
+                    piece_len = 0;
+                }
+            }
+        }
+        write_all_vectored_at(file, &mut piece, at)
+    }
+
+    /// The batch as one buffer (tests).
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for part in &self.parts {
+            match part {
+                Part::Head { start, end } => out.extend_from_slice(&self.heads[*start..*end]),
+                Part::Data(data) => out.extend_from_slice(data),
+            }
+        }
+        out
+    }
+}
+
+/// Most buffers one `pwritev` takes (Linux's `IOV_MAX`).
+const MAX_IOV: usize = 1024;
+
+/// Writes all of `bufs` at `at` of `file` with `pwritev`, looping on short writes.
+fn write_all_vectored_at(file: &File, mut bufs: &mut [IoSlice<'_>], mut at: u64) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let count = bufs.len().min(MAX_IOV);
+        let offset = libc::off_t::try_from(at)
+            .map_err(|_| io::Error::other("segment offset out of range"))?;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix (documented by std); the
+        // slices borrow live buffers for the duration of the call; the descriptor is open.
+        // `count` fits an i32 (at most MAX_IOV).
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+                offset,
+            )
+        };
+        let n = match usize::try_from(n) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => n,
+            Err(_) => {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+        };
+        at += n as u64;
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
 }
 
 /// Decodes a payload whose header and checksum were already checked.
@@ -248,22 +412,20 @@ impl SegmentWriter {
         &self.file
     }
 
-    /// Writes `buf` at the end of the segment, in pieces of at most [`WRITE_PIECE`], and
+    /// Writes `batch` at the end of the segment, in pieces of at most [`WRITE_PIECE`], and
     /// fdatasyncs it once. On failure the segment is cut back to where it was (the bytes were
     /// never acknowledged), so the next write starts at a clean end; an error of that cut is
     /// returned as the second element: the tail is then unknown and the store must stop writing.
     pub(super) fn write_durably(
         &mut self,
-        buf: &[u8],
+        batch: &Batch,
     ) -> Result<(), (io::Error, Option<io::Error>)> {
-        let result = buf
-            .chunks(WRITE_PIECE)
-            .zip((self.pos..).step_by(WRITE_PIECE))
-            .try_for_each(|(piece, at)| self.file.write_all_at(piece, at))
+        let result = batch
+            .write_at(&self.file, self.pos)
             .and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
-                self.pos += buf.len() as u64;
+                self.pos += batch.len() as u64;
                 Ok(())
             }
             Err(err) => {
@@ -493,23 +655,61 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_larger_than_one_piece_is_written_whole_and_in_order() {
+    fn a_batch_is_written_whole_in_order_and_its_records_check() {
         let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
         std::fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
         let id = SegmentId::new(1, 0);
         let mut writer =
             SegmentWriter::open(dir.path(), id, 0).unwrap_or_else(|err| panic!("{err}"));
-        let first: Vec<u8> = (0..100).map(|i| i as u8).collect();
-        let batch: Vec<u8> = (0..2 * WRITE_PIECE + 777)
-            .map(|i| (i * 7 % 251) as u8)
+        // data larger than a write piece, small data, an empty append: pieces split data and
+        // heads at every boundary
+        let sizes = [2 * WRITE_PIECE + 777, 100, 0, WRITE_PIECE - 40, 3];
+        let datas: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(n, &len)| (0..len).map(|i| ((i * 7 + n) % 251) as u8).collect())
             .collect();
-        for buf in [&first, &batch] {
-            if writer.write_durably(buf).is_err() {
+        let mut batch = Batch::default();
+        let mut expected = Vec::new();
+        let create = Record::Create {
+            key: 1,
+            time: 5,
+            name: "a/b/c",
+        };
+        batch.push(&create);
+        create.encode(&mut expected);
+        let mut offset = 0;
+        for data in &datas {
+            let record = Record::Append {
+                key: 1,
+                offset,
+                time: 6,
+                data,
+            };
+            batch.push_append(&record, data.clone(), crc32fast::hash(data));
+            record.encode(&mut expected);
+            offset += data.len() as u64;
+        }
+        batch.push(&Record::Seal { key: 1, time: 7 });
+        Record::Seal { key: 1, time: 7 }.encode(&mut expected);
+        assert_eq!(batch.len(), expected.len());
+        assert_eq!(batch.to_vec(), expected);
+        for _ in 0..2 {
+            if writer.write_durably(&batch).is_err() {
                 panic!("write failed");
             }
         }
-        assert_eq!(writer.pos(), (first.len() + batch.len()) as u64);
+        assert_eq!(writer.pos(), 2 * expected.len() as u64);
         let written = std::fs::read(id.path(dir.path())).unwrap_or_else(|err| panic!("{err}"));
-        assert_eq!(written, [first, batch].concat());
+        assert_eq!(written, [&expected[..], &expected[..]].concat());
+        // every record's checksum holds (the combined crc equals the one-pass crc)
+        let mut reader = &written[..];
+        let mut payload = Vec::new();
+        let mut records = 0;
+        while let Some(_kind) = read_record(&mut reader, &mut payload).unwrap_or_else(|err| panic!("{err}")) {
+            records += 1;
+        }
+        assert_eq!(records, 2 * (sizes.len() + 2));
+        assert!(reader.is_empty());
     }
 }

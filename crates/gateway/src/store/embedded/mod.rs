@@ -210,7 +210,7 @@ impl EmbeddedStore {
                 reserve_bytes: config.reserve_bytes,
             },
             next_key,
-            buf: Vec::new(),
+            batch: log::Batch::default(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
         };
@@ -366,11 +366,14 @@ impl Store for EmbeddedStore {
             .acquire_many_owned(permits)
             .await
             .map_err(|_| StoreError::unavailable("store is closed"))?;
+        // Here, on the request's thread: the writer thread only writes and syncs.
+        let crc = crc32fast::hash(&data);
         let (reply, rx) = oneshot::channel();
         let request = Request::Append {
             id: id.clone(),
             offset,
             data,
+            crc,
             seal,
             reply,
             _permit: permit,

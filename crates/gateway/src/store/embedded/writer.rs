@@ -1,5 +1,7 @@
-//! The group-commit writer thread: validates queued requests, writes their log records with one
-//! write and one fdatasync per batch, then updates the index and answers.
+//! The group-commit writer thread: validates queued requests, writes their log records with
+//! `pwritev`s straight from the requests' buffers and one fdatasync per batch, then updates the
+//! index and answers. Checksums of the data are computed before a request is queued; the
+//! thread only frames, writes, syncs and indexes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tracing::{error, info, warn};
 
 use super::Shared;
 use super::index::{Meta, Tables, db_err};
-use super::log::{Record, SegmentWriter, is_no_space};
+use super::log::{Batch, Record, SegmentWriter, is_no_space};
 use crate::store::{Appended, ErrorKind, StoreError, unix_now};
 use crate::stream_id::StreamId;
 
@@ -23,6 +25,8 @@ pub(super) enum Request {
         id: StreamId,
         offset: u64,
         data: Bytes,
+        /// crc32 of `data`, computed where it arrived, so the writer thread does not.
+        crc: u32,
         seal: bool,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
         /// Share of the store's queued-bytes budget, released when the request is answered.
@@ -110,8 +114,8 @@ pub(super) struct Writer {
     pub(super) config: WriterConfig,
     /// Key of the next created stream; only this thread creates streams.
     pub(super) next_key: u64,
-    /// Encoded records of the batch; reused, so its capacity stays near `max_batch_bytes`.
-    pub(super) buf: Vec<u8>,
+    /// The batch's records: heads encoded here, data referenced, never copied; reused.
+    pub(super) batch: Batch,
     /// Batches committed with `Durability::None` since the last durable checkpoint.
     pub(super) since_checkpoint: u64,
     pub(super) last_checkpoint: Instant,
@@ -284,7 +288,7 @@ impl Writer {
         {
             let mut tables = Tables::open(&txn)?;
             let mut pending: HashMap<&str, Option<Meta>> = HashMap::new();
-            self.buf.clear();
+            self.batch.clear();
             for (i, request) in batch.iter().enumerate() {
                 let (outcome, specs) = validate(
                     request,
@@ -296,7 +300,7 @@ impl Writer {
                 )?;
                 outcomes.push(outcome);
                 for spec in specs.into_iter().flatten() {
-                    let (segment, pos) = self.add(spec.record(request, now))?;
+                    let (segment, pos) = self.add(spec, request, now)?;
                     ops.push((i, spec, segment, pos));
                 }
             }
@@ -326,9 +330,10 @@ impl Writer {
     /// Adds a record to the batch buffer; a batch that would overflow the segment starts a new
     /// one first. A batch never spans segments: it is one write, cut back whole when it fails.
     /// Returns where the record goes.
-    fn add(&mut self, record: Record<'_>) -> Result<(u64, u64), StoreError> {
-        let end = self.segment.pos() + self.buf.len() as u64;
-        if self.buf.is_empty()
+    fn add(&mut self, spec: Spec, request: &Request, now: u64) -> Result<(u64, u64), StoreError> {
+        let record = spec.record(request, now);
+        let end = self.segment.pos() + self.batch.len() as u64;
+        if self.batch.is_empty()
             && end > 0
             && end + record.encoded_len() as u64 > self.config.segment_bytes
         {
@@ -348,13 +353,16 @@ impl Writer {
                 "store log rolled to a new segment"
             );
         }
-        let pos = self.segment.pos() + self.buf.len() as u64;
-        record.encode(&mut self.buf);
-        if let Record::Append { data, .. } = record {
-            self.shared
-                .metrics
-                .appended_bytes
-                .fetch_add(data.len() as u64, Relaxed);
+        let pos = self.segment.pos() + self.batch.len() as u64;
+        match (spec, request) {
+            (Spec::Append { .. }, Request::Append { data, crc, .. }) => {
+                self.batch.push_append(&record, data.clone(), *crc);
+                self.shared
+                    .metrics
+                    .appended_bytes
+                    .fetch_add(data.len() as u64, Relaxed);
+            }
+            _ => self.batch.push(&record),
         }
         Ok((self.segment.id().packed(), pos))
     }
@@ -363,13 +371,13 @@ impl Writer {
     /// log ends where it did and the store keeps working: a full disk is an answer (507), not a
     /// state. Only a failed cut leaves the tail unknown and stops writes until a reopen.
     fn flush(&mut self) -> Result<(), StoreError> {
-        if self.buf.is_empty() {
+        if self.batch.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.segment.write_durably(&self.buf);
-        let len = self.buf.len();
-        self.buf.clear();
+        let result = self.segment.write_durably(&self.batch);
+        let len = self.batch.len();
+        self.batch.clear();
         match result {
             Ok(()) => {
                 let metrics = &self.shared.metrics;
