@@ -80,20 +80,40 @@ impl<'a> Appender<'a> {
         let mut last_byte = Instant::now();
         let mut window_start = last_byte;
         let mut window_bytes = 0u64;
-        let mut next_check = last_byte + limits.auth_recheck;
         let mut deadline = self.state.deadline.clone();
+        // Timers made once and moved when due, not one set per frame: a 64 KiB body comes in
+        // several frames, and every new timer is a registration in the runtime's wheel.
+        let mut next_check = last_byte + limits.auth_recheck;
+        let check = sleep_until(next_check.into());
+        let idle = sleep_until((last_byte + limits.body_timeout).into());
+        let flush_timer = sleep_until(last_byte.into());
+        let mut flush_armed: Option<Instant> = None;
+        let stop = stopping(&mut deadline);
+        tokio::pin!(check, idle, flush_timer, stop);
         loop {
             let flush_at = self.pending_since.map(|t| t + limits.flush_interval);
+            if flush_at != flush_armed
+                && let Some(at) = flush_at
+            {
+                flush_timer.as_mut().reset(at.into());
+            }
+            flush_armed = flush_at;
             let frame = tokio::select! {
                 frame = body.frame() => frame,
-                () = sleep_until(flush_at.unwrap_or(last_byte).into()), if flush_at.is_some() => {
+                () = &mut flush_timer, if flush_at.is_some() => {
                     let ours = Instant::now();
                     self.flush().await?;
                     // Time the gateway itself took does not count against the client's rate.
                     window_start += ours.elapsed();
                     continue;
                 }
-                () = sleep_until((last_byte + limits.body_timeout).into()) => {
+                () = &mut idle => {
+                    // Set when the last frame but one arrived; a later byte moves it.
+                    let due = last_byte + limits.body_timeout;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due.into());
+                        continue;
+                    }
                     self.flush().await?;
                     let secs = limits.body_timeout.as_secs();
                     return Err(self.cut(
@@ -101,7 +121,7 @@ impl<'a> Appender<'a> {
                         format!("no body bytes for {secs} s; what arrived is committed"),
                     ));
                 }
-                () = stopping(&mut deadline) => {
+                () = &mut stop => {
                     // The gateway's drain deadline: keep what arrived, tell the client where.
                     self.flush().await?;
                     return Err(self.cut(
@@ -111,9 +131,10 @@ impl<'a> Appender<'a> {
                             .to_owned(),
                     ));
                 }
-                () = sleep_until(next_check.into()) => {
+                () = &mut check => {
                     let now = Instant::now();
                     next_check = now + limits.auth_recheck;
+                    check.as_mut().reset(next_check.into());
                     if let Err(err) = self.state.authenticate(self.headers).await {
                         self.flush().await?;
                         return Err(err.with_offset(self.offset));

@@ -226,6 +226,19 @@ impl Batch {
     }
 }
 
+/// [`SegmentWriter::release_behind`] gives pages back this many bytes at a time at least.
+const RELEASE_STEP: u64 = 4 << 20;
+
+/// `posix_fadvise(POSIX_FADV_DONTNEED)` of synced bytes: advice, so a failure changes nothing
+/// but the page cache's size and is ignored. `len` 0 means to the end of the file.
+fn advise_dontneed(file: &File, from: u64, len: u64) {
+    let (Ok(from), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), from, len, libc::POSIX_FADV_DONTNEED) };
+}
+
 /// Most buffers one `pwritev` takes (Linux's `IOV_MAX`).
 const MAX_IOV: usize = 1024;
 
@@ -377,6 +390,8 @@ pub(super) struct SegmentWriter {
     /// Where the next record goes: the segment's valid length. Advances only after a write
     /// and its fdatasync both succeeded.
     pos: u64,
+    /// The kernel was told it may drop the page cache of the segment before this position.
+    released_to: u64,
 }
 
 impl SegmentWriter {
@@ -397,6 +412,7 @@ impl SegmentWriter {
             id,
             file,
             pos,
+            released_to: 0,
         })
     }
 
@@ -439,10 +455,29 @@ impl SegmentWriter {
         }
     }
 
+    /// Lets the kernel drop the cached pages of the synced log except its last `keep` bytes
+    /// (in steps of [`RELEASE_STEP`]).
+    ///
+    /// Why: pages given back are the pages the next writes get, warm and mapped. A log that only
+    /// grows the page cache makes every write land in memory fresh to the kernel, whose copy
+    /// then cost 2.4x the CPU per GiB (and 0.55x the speed) on the reference VM, where a new
+    /// guest page faults in the hypervisor; it also fills a container's memory with file pages
+    /// its limit then has to reclaim. Followers read the tail, which stays cached; older bytes
+    /// come from the disk.
+    pub(super) fn release_behind(&mut self, keep: u64) {
+        let end = self.pos.saturating_sub(keep);
+        if end >= self.released_to + RELEASE_STEP {
+            advise_dontneed(&self.file, self.released_to, end - self.released_to);
+            self.released_to = end;
+        }
+    }
+
     /// Starts the next segment. The caller has synced this one.
     pub(super) fn roll(&mut self) -> io::Result<()> {
         let next = SegmentId::new(self.id.number + 1, 0);
-        *self = SegmentWriter::open(&self.dir, next, 0)?;
+        let old = std::mem::replace(self, SegmentWriter::open(&self.dir, next, 0)?);
+        // the whole closed segment is synced: its pages may go (0 = to the end)
+        advise_dontneed(&old.file, old.released_to, 0);
         Ok(())
     }
 }

@@ -78,6 +78,9 @@ pub struct EmbeddedConfig {
     pub compact_bytes_per_sec: u64,
     /// Streams deleted for age or size; also sets how often maintenance runs.
     pub retention: RetentionConfig,
+    /// The last bytes of the log kept in the page cache (followers read them); the kernel may
+    /// drop older pages once synced, so writes reuse warm pages ([`log::SegmentWriter::release_behind`]).
+    pub cached_tail_bytes: u64,
     /// Whether reads check record checksums. Always on in the gateway; off only for the
     /// benchmark that measures what the check costs (`tests/store_bench.rs`).
     #[doc(hidden)]
@@ -100,6 +103,7 @@ impl EmbeddedConfig {
             compact_ratio: 0.5,
             compact_bytes_per_sec: 64 << 20,
             retention: RetentionConfig::default(),
+            cached_tail_bytes: 32 << 20,
             verify_reads: true,
         }
     }
@@ -208,6 +212,7 @@ impl EmbeddedStore {
                 checkpoint_batches: config.checkpoint_batches,
                 checkpoint_interval: config.checkpoint_interval,
                 reserve_bytes: config.reserve_bytes,
+                cached_tail_bytes: config.cached_tail_bytes,
             },
             next_key,
             batch: log::Batch::default(),

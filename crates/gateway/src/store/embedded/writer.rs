@@ -74,6 +74,8 @@ pub(super) struct WriterConfig {
     /// Free bytes the disk keeps for the index, deletes and compaction: appends are refused
     /// (507) when a batch would leave less.
     pub(super) reserve_bytes: u64,
+    /// Bytes at the log's end whose pages stay cached for followers; older ones are given back.
+    pub(super) cached_tail_bytes: u64,
 }
 
 /// A log record to write, naming its variable part by the request it comes from.
@@ -380,6 +382,7 @@ impl Writer {
         self.batch.clear();
         match result {
             Ok(()) => {
+                self.segment.release_behind(self.config.cached_tail_bytes);
                 let metrics = &self.shared.metrics;
                 metrics.fsyncs.fetch_add(1, Relaxed);
                 metrics
