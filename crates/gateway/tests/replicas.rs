@@ -232,10 +232,28 @@ fn replicas_share_tokens_streams_and_conflicts() {
         "{list}"
     );
     token_cli(&url, &["revoke", id]);
+    // Each replica learns of it through its bucket watch: within a message's latency, and at
+    // most FRESH (2 s) later if the watch stalled; a HEAD is refused from then on.
+    let revoked = Instant::now();
     for gw in [&a, &b] {
-        let r = gw.request("HEAD", &format!("/v1/streams/{s}"), Some(&token), &[], b"");
-        assert_eq!(r.status, 401);
+        loop {
+            let r = gw.request("HEAD", &format!("/v1/streams/{s}"), Some(&token), &[], b"");
+            if r.status == 401 {
+                break;
+            }
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(
+                revoked.elapsed() < Duration::from_secs(3),
+                "a revoked token still worked after {:?}",
+                revoked.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
+    eprintln!(
+        "revocation seen by both replicas within {:?}",
+        revoked.elapsed()
+    );
 }
 
 #[test]

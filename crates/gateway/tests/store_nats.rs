@@ -529,3 +529,58 @@ async fn a_token_created_on_one_replica_works_on_another() {
     assert!(ta.get("0123456789abcdef").await.unwrap().is_none());
     assert!(ta.get("not-an-id").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn token_lookups_follow_the_bucket_watch_and_never_answer_from_a_copy_while_disconnected() {
+    use engine_gateway::auth::{NewToken, Role, TokenStore};
+    use engine_gateway::store::nats::tokens::NatsTokenStore;
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b) = (store(&server).await, store(&server).await);
+    let bucket = server.config().bucket;
+    let ta = NatsTokenStore::open(&a, &bucket).await.unwrap();
+    let tb = NatsTokenStore::open(&b, &bucket).await.unwrap();
+    let new = NewToken {
+        org: Some("acme".into()),
+        cluster: None,
+        role: Role::Deployer,
+        ttl: None,
+    };
+    let (record, _secret) = ta.create(new).await.unwrap();
+    assert!(tb.get(&record.id).await.unwrap().unwrap().revoked.is_none());
+    // Revoked through one replica: the other's watch delivers it, observed within a bound.
+    ta.revoke(&record.id).await.unwrap();
+    let revoked = Instant::now();
+    while tb.get(&record.id).await.unwrap().unwrap().revoked.is_none() {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(3),
+            "the other replica still saw the token live"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "revocation reached the other replica in {:?}",
+        revoked.elapsed()
+    );
+    // NATS gone: no lookup is answered from the copy (it could miss a revocation).
+    server.kill();
+    let down = Instant::now();
+    loop {
+        match tb.get(&record.id).await {
+            Err(err) => {
+                eprintln!(
+                    "lookups refused {:?} after the server died: {err}",
+                    down.elapsed()
+                );
+                break;
+            }
+            Ok(_) => assert!(
+                down.elapsed() < Duration::from_secs(5),
+                "lookups were still answered {:?} after the server died",
+                down.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

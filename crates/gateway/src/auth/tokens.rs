@@ -29,8 +29,11 @@ pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + TOKEN_ID_LEN + 1 + SECRET_LEN;
 /// Storage for opaque tokens. Backends persist [`TokenRecord`]s; minting, hashing and scope
 /// rules live in [`NewToken::mint`] so every backend behaves the same.
 ///
-/// **Contract:** `get` must see a revocation or deletion made by any other process or node on
-/// the very next call (no stale positive cache), and must not cache unknown ids.
+/// **Contract:** `get` sees a revocation or deletion made through this store on the very next
+/// call, and one made by another process or node as soon as it can know of it: the file store
+/// on the next call (one `stat`); the NATS store once its bucket watch delivers the change
+/// (about a message's latency), and never more than a couple of seconds late when the watch
+/// stalls, because its copy then stops answering. Unknown ids are never cached.
 #[async_trait::async_trait]
 pub trait TokenStore: Send + Sync {
     /// Mints and stores a new token; the secret is returned once and never stored.

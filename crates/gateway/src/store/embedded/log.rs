@@ -134,7 +134,10 @@ pub(super) struct Batch {
 
 enum Part {
     /// `heads[start..end]`.
-    Head { start: usize, end: usize },
+    Head {
+        start: usize,
+        end: usize,
+    },
     Data(Bytes),
 }
 
@@ -741,7 +744,9 @@ mod tests {
         let mut reader = &written[..];
         let mut payload = Vec::new();
         let mut records = 0;
-        while let Some(_kind) = read_record(&mut reader, &mut payload).unwrap_or_else(|err| panic!("{err}")) {
+        while let Some(_kind) =
+            read_record(&mut reader, &mut payload).unwrap_or_else(|err| panic!("{err}"))
+        {
             records += 1;
         }
         assert_eq!(records, 2 * (sizes.len() + 2));

@@ -206,6 +206,11 @@ impl NatsStore {
     pub fn jetstream(&self) -> &async_nats::jetstream::Context {
         &self.inner.js
     }
+
+    /// The connection, for the token store's view of its state.
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
 }
 
 impl Inner {
