@@ -1,11 +1,12 @@
-//! Ingest into JetStream through the gateway versus a direct async-nats publisher, in one run
-//! against one fresh nats-server: same payload size, same concurrency, same headers, every
-//! message acknowledged before the next one on its stream. A third run is the direct publisher
-//! plus one key-value read per message, the round trip the gateway's token lookup costs per
-//! request. Prints a markdown table with nats-server's (and the gateway's) CPU per GiB.
+//! Ingest into JetStream through the gateway versus a direct async-nats publisher, against one
+//! fresh nats-server: same payload size, same concurrency, same headers, every message
+//! acknowledged before the next one on its stream. The two paths alternate for `--rounds`
+//! rounds (each into fresh streams) and the ratios are medians over rounds. Prints a markdown
+//! table with nats-server's (and the gateway's) CPU per GiB.
 //!
 //! `cargo run --release --example nats_bench -- [--gateway PATH] [--nats-server PATH]
-//! [--streams N] [--payload BYTES] [--total-mib N]` (bench/nats.sh runs it and keeps results).
+//! [--streams N] [--payload BYTES] [--total-mib N] [--rounds N]` (bench/nats.sh runs it and
+//! keeps results).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -26,8 +27,10 @@ struct Options {
     streams: usize,
     /// Bytes per PATCH and per direct publish.
     payload: usize,
-    /// Bytes sent in each of the two runs, all streams together.
+    /// Bytes sent in each run, all streams together.
     total: usize,
+    /// Rounds of (direct, gateway), alternated on the one server; figures are medians.
+    rounds: usize,
 }
 
 /// One measured run.
@@ -64,45 +67,72 @@ async fn main() -> anyhow::Result<()> {
     wait_until(|| std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok()).await?;
 
     let nats_pid = nats.id();
-    let direct = direct_run(&nats_url, &options, nats_pid, false).await;
-    let looked_up = direct_run(&nats_url, &options, nats_pid, true).await;
-    let gateway = gateway_run(&nats_url, &options, dir.path(), nats_pid).await;
+    // Alternated on one server, so neither path always meets a fuller store or a busier minute.
+    let mut rounds = Vec::new();
+    let mut last = (0, String::new());
+    for round in 0..options.rounds {
+        let direct = direct_run(&nats_url, &options, nats_pid, round).await;
+        let gateway = gateway_run(&nats_url, &options, dir.path(), nats_pid, round).await;
+        let (direct, (gateway, peak_rss_kib, metrics)) = match (direct, gateway) {
+            (Ok(direct), Ok(gateway)) => (direct, gateway),
+            (Err(err), _) | (_, Err(err)) => {
+                let _ = nats.kill();
+                let _ = nats.wait();
+                return Err(err);
+            }
+        };
+        last = (last.0.max(peak_rss_kib), metrics);
+        rounds.push((direct, gateway));
+    }
     let _ = nats.kill();
     let _ = nats.wait();
-    let (direct, looked_up) = (direct?, looked_up?);
-    let (gateway, peak_rss_kib, metrics) = gateway?;
 
     let mib_s = |r: &Run| r.bytes as f64 / (1 << 20) as f64 / r.seconds;
     let gib = |r: &Run| r.bytes as f64 / (1u64 << 30) as f64;
     println!(
-        "| path | streams | payload | MiB | seconds | MiB/s | msgs/s | nats-server CPU-s/GiB | gateway CPU-s/GiB |\n|---|---|---|---|---|---|---|---|---|"
+        "| round | path | streams | payload | MiB | seconds | MiB/s | msgs/s | nats-server CPU-s/GiB | gateway CPU-s/GiB |\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    for run in [&direct, &looked_up, &gateway] {
-        println!(
-            "| {} | {} | {} KiB | {} | {:.2} | {:.1} | {:.0} | {:.2} | {} |",
-            run.name,
-            options.streams,
-            options.payload / 1024,
-            run.bytes >> 20,
-            run.seconds,
-            mib_s(run),
-            (run.bytes / options.payload) as f64 / run.seconds,
-            run.nats_cpu_s / gib(run),
-            run.gateway_cpu_s
-                .map_or_else(|| "-".into(), |c| format!("{:.2}", c / gib(run))),
-        );
+    for (round, (direct, gateway)) in rounds.iter().enumerate() {
+        for run in [direct, gateway] {
+            println!(
+                "| {} | {} | {} | {} KiB | {} | {:.2} | {:.1} | {:.0} | {:.2} | {} |",
+                round + 1,
+                run.name,
+                options.streams,
+                options.payload / 1024,
+                run.bytes >> 20,
+                run.seconds,
+                mib_s(run),
+                (run.bytes / options.payload) as f64 / run.seconds,
+                run.nats_cpu_s / gib(run),
+                run.gateway_cpu_s
+                    .map_or_else(|| "-".into(), |c| format!("{:.2}", c / gib(run))),
+            );
+        }
     }
-    println!(
-        "\ngateway / direct: **{:.2}×** throughput, **{:.2}×** nats-server CPU per GiB; \
-         direct with a KV read per message / direct: {:.2}× throughput, {:.2}× nats-server CPU \
-         per GiB; gateway peak RSS (VmHWM): **{:.1} MiB**",
-        mib_s(&gateway) / mib_s(&direct),
-        (gateway.nats_cpu_s / gib(&gateway)) / (direct.nats_cpu_s / gib(&direct)),
-        mib_s(&looked_up) / mib_s(&direct),
-        (looked_up.nats_cpu_s / gib(&looked_up)) / (direct.nats_cpu_s / gib(&direct)),
-        peak_rss_kib as f64 / 1024.0
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let throughput = median(rounds.iter().map(|(d, g)| mib_s(g) / mib_s(d)).collect());
+    let server_cpu = median(
+        rounds
+            .iter()
+            .map(|(d, g)| (g.nats_cpu_s / gib(g)) / (d.nats_cpu_s / gib(d)))
+            .collect(),
     );
-    println!("\ngateway's nats counters after its run: {metrics}");
+    println!(
+        "\ngateway / direct, median of {} rounds' ratios: **{throughput:.2}×** throughput, \
+         **{server_cpu:.2}×** nats-server CPU per GiB; gateway peak RSS (VmHWM): **{:.1} MiB**",
+        rounds.len(),
+        last.0 as f64 / 1024.0
+    );
+    println!("\ngateway's nats counters after its last run: {}", last.1);
     Ok(())
 }
 
@@ -121,46 +151,19 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// Publishes straight to JetStream the way the gateway does: gateway headers, a message id,
-/// the expected last subject sequence, and an acknowledgement awaited per message; with
-/// `lookup`, each message is preceded by a read of one key of a key-value bucket (what the
-/// gateway's token check costs per request).
+/// the expected last subject sequence, and an acknowledgement awaited per message, into a
+/// stream of its own per round.
 async fn direct_run(
     url: &str,
     options: &Options,
     nats_pid: u32,
-    lookup: bool,
+    round: usize,
 ) -> anyhow::Result<Run> {
     let client = async_nats::connect(url).await?;
     let js = jetstream::new(client);
-    let (name, root) = if lookup {
-        ("BENCH_LOOKUP", "lookup")
-    } else {
-        ("BENCH_DIRECT", "bench")
-    };
-    let kv = if lookup {
-        // The bucket's backing stream as the gateway creates it (nats-server 2.9 refuses
-        // async-nats' own create_key_value request).
-        js.create_stream(stream::Config {
-            name: "KV_bench-tokens".into(),
-            subjects: vec!["$KV.bench-tokens.>".into()],
-            max_messages_per_subject: 1,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-        let kv = js.get_key_value("bench-tokens").await?;
-        kv.put("0123456789abcdef", Bytes::from(vec![b'{'; 300]))
-            .await?;
-        Some(kv)
-    } else {
-        None
-    };
+    let (name, root) = (format!("BENCH_DIRECT_{round}"), format!("bench{round}"));
     js.create_stream(stream::Config {
-        name: name.into(),
+        name,
         subjects: vec![format!("{root}.>")],
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
@@ -176,16 +179,11 @@ async fn direct_run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..options.streams {
-        let (js, payload, kv) = (js.clone(), payload.clone(), kv.clone());
+        let (js, payload, root) = (js.clone(), payload.clone(), root.clone());
         tasks.push(tokio::spawn(async move {
             let subject = format!("{root}.data.acme.prod.s{s}");
             let mut prev = 0u64;
             for i in 0..per_stream {
-                if let Some(kv) = &kv {
-                    kv.get("0123456789abcdef")
-                        .await?
-                        .context("the key is gone")?;
-                }
                 let offset = (i * payload.len()) as u64;
                 let mut headers = HeaderMap::new();
                 headers.insert("Egw-Offset", offset.to_string().as_str());
@@ -211,11 +209,7 @@ async fn direct_run(
         task.await??;
     }
     Ok(Run {
-        name: if lookup {
-            "direct + one KV read per message"
-        } else {
-            "direct async-nats publish"
-        },
+        name: "direct async-nats publish",
         seconds: started.elapsed().as_secs_f64(),
         bytes: per_stream * options.streams * options.payload,
         nats_cpu_s: cpu_seconds(nats_pid)? - cpu_before,
@@ -231,6 +225,7 @@ async fn gateway_run(
     options: &Options,
     dir: &std::path::Path,
     nats_pid: u32,
+    round: usize,
 ) -> anyhow::Result<(Run, u64, String)> {
     let port = free_port()?;
     let data_dir = dir.join("gateway");
@@ -264,7 +259,7 @@ async fn gateway_run(
                 hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
             for i in 0..per_stream {
-                let request = http::Request::patch(format!("/v1/streams/acme/prod/s{s}"))
+                let request = http::Request::patch(format!("/v1/streams/acme/prod/r{round}-s{s}"))
                     .header("host", "bench")
                     .header("authorization", format!("Bearer {token}"))
                     .header("content-type", "application/offset+octet-stream")
@@ -377,6 +372,7 @@ fn parse_args() -> anyhow::Result<Options> {
         streams: 8,
         payload: 64 * 1024,
         total: 512 << 20,
+        rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -389,11 +385,15 @@ fn parse_args() -> anyhow::Result<Options> {
             "--streams" => options.streams = value.parse()?,
             "--payload" => options.payload = value.parse()?,
             "--total-mib" => options.total = value.parse::<usize>()? << 20,
+            "--rounds" => options.rounds = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
     if options.streams == 0 || options.payload == 0 || options.payload > 256 * 1024 {
         bail!("--streams must be positive and --payload between 1 and 262144");
+    }
+    if options.rounds == 0 {
+        bail!("--rounds must be positive");
     }
     Ok(options)
 }
