@@ -38,8 +38,9 @@ const VERIFY_INTERVAL: Duration = Duration::from_millis(500);
 const FRESH: Duration = Duration::from_secs(2);
 /// Pause before a failed watch is started again.
 const REWATCH_PAUSE: Duration = Duration::from_secs(1);
-/// Records the copy holds at most; lookups of others read the bucket.
-const MAX_CACHED: usize = 100_000;
+/// Records the copy holds at most (~300 bytes each, as the file store's parse cache); lookups of
+/// others read the bucket.
+const MAX_CACHED: usize = crate::auth::CACHE_CAPACITY;
 
 /// Tokens in the bucket named by [`NatsConfig::bucket`](super::NatsConfig::bucket).
 #[derive(Clone)]
