@@ -490,25 +490,40 @@ async fn an_unreachable_server_is_unavailable_at_connect() {
     assert_eq!(two.urls, ["nats://a:1", "nats://b:2"]);
 }
 
-#[tokio::test]
-async fn a_token_created_on_one_replica_works_on_another() {
-    use engine_gateway::auth::{NewToken, Role, TokenStore};
+/// Two replicas' token stores on one bucket (each on its own connection).
+async fn two_token_stores(
+    server: &NatsServer,
+) -> (
+    engine_gateway::store::nats::tokens::NatsTokenStore,
+    engine_gateway::store::nats::tokens::NatsTokenStore,
+) {
     use engine_gateway::store::nats::tokens::NatsTokenStore;
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let (a, b) = (store(&server).await, store(&server).await);
+    let (a, b) = (store(server).await, store(server).await);
     let bucket = server.config().bucket;
     let ta = NatsTokenStore::open(&a, &bucket).await.unwrap();
     let tb = NatsTokenStore::open(&b, &bucket).await.unwrap();
-    assert!(tb.is_empty().await.unwrap());
-    let new = NewToken {
+    (ta, tb)
+}
+
+/// A token of org acme with `role`, no expiry.
+fn acme(role: engine_gateway::auth::Role) -> engine_gateway::auth::NewToken {
+    engine_gateway::auth::NewToken {
         org: Some("acme".into()),
         cluster: None,
-        role: Role::Reader,
+        role,
         ttl: None,
+    }
+}
+
+#[tokio::test]
+async fn a_token_created_on_one_replica_works_on_another() {
+    use engine_gateway::auth::{Role, TokenStore};
+    let Some(server) = NatsServer::start() else {
+        return;
     };
-    let (record, secret) = ta.create(new).await.unwrap();
+    let (ta, tb) = two_token_stores(&server).await;
+    assert!(tb.is_empty().await.unwrap());
+    let (record, secret) = ta.create(acme(Role::Reader)).await.unwrap();
     let seen = tb.get(&record.id).await.unwrap().unwrap();
     // `egw_<16 hex id>_<secret>`; the secret itself may contain '_'.
     let secret_part = &secret.expose()[engine_gateway::auth::TOKEN_PREFIX.len() + 17..];
@@ -532,22 +547,12 @@ async fn a_token_created_on_one_replica_works_on_another() {
 
 #[tokio::test]
 async fn token_lookups_follow_the_bucket_watch_and_never_answer_from_a_copy_while_disconnected() {
-    use engine_gateway::auth::{NewToken, Role, TokenStore};
-    use engine_gateway::store::nats::tokens::NatsTokenStore;
+    use engine_gateway::auth::{Role, TokenStore};
     let Some(mut server) = NatsServer::start() else {
         return;
     };
-    let (a, b) = (store(&server).await, store(&server).await);
-    let bucket = server.config().bucket;
-    let ta = NatsTokenStore::open(&a, &bucket).await.unwrap();
-    let tb = NatsTokenStore::open(&b, &bucket).await.unwrap();
-    let new = NewToken {
-        org: Some("acme".into()),
-        cluster: None,
-        role: Role::Deployer,
-        ttl: None,
-    };
-    let (record, _secret) = ta.create(new).await.unwrap();
+    let (ta, tb) = two_token_stores(&server).await;
+    let (record, _secret) = ta.create(acme(Role::Deployer)).await.unwrap();
     assert!(tb.get(&record.id).await.unwrap().unwrap().revoked.is_none());
     // Revoked through one replica: the other's watch delivers it, observed within a bound.
     ta.revoke(&record.id).await.unwrap();
