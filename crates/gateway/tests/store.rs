@@ -456,3 +456,69 @@ fn fsyncs(store: &EmbeddedStore) -> u64 {
         .unwrap();
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
+
+/// Pages of `path`'s first `len` bytes from `from` that are in the page cache (`mincore`).
+fn resident_pages(path: &Path, from: u64, len: u64) -> (usize, usize) {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).unwrap();
+    let page = 4096u64;
+    let (from, len) = (from / page * page, len.div_ceil(page) * page);
+    // SAFETY: a read-only shared mapping of an open file, unmapped below; mincore writes one
+    // byte per page into a vector of that many bytes.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            from as libc::off_t,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap of {}", path.display());
+        let mut vec = vec![0u8; (len / page) as usize];
+        let rc = libc::mincore(addr, len as usize, vec.as_mut_ptr());
+        libc::munmap(addr, len as usize);
+        assert_eq!(rc, 0, "mincore");
+        (vec.iter().filter(|&&b| b & 1 == 1).count(), vec.len())
+    }
+}
+
+#[tokio::test]
+async fn synced_log_pages_behind_the_cached_tail_are_given_back_to_the_kernel() {
+    // Not on a tmpfs (there the page cache is the file itself): where cargo keeps test files.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let config = EmbeddedConfig {
+        cached_tail_bytes: 8 << 20,
+        ..EmbeddedConfig::new(dir.path())
+    };
+    let store = open(config).await.unwrap();
+    let id = sid("pages");
+    let piece = Bytes::from(vec![7u8; 1 << 20]);
+    for i in 0..32u64 {
+        store
+            .append(&id, i << 20, piece.clone(), false)
+            .await
+            .unwrap();
+    }
+    let segment = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let len = std::fs::metadata(&segment).unwrap().len();
+    assert!(len > 32 << 20, "{len}");
+    let (old, old_pages) = resident_pages(&segment, 0, 16 << 20);
+    let (tail, tail_pages) = resident_pages(&segment, len - (4 << 20), 4 << 20);
+    eprintln!("resident: first 16 MiB {old}/{old_pages} pages, last 4 MiB {tail}/{tail_pages}");
+    assert!(
+        old * 10 < old_pages,
+        "{old} of {old_pages} pages of synced log far behind the tail are still cached"
+    );
+    assert!(
+        tail * 2 > tail_pages,
+        "only {tail} of the {tail_pages} tail pages are cached (followers read them)"
+    );
+    // what was given back reads back from the disk, intact
+    assert_eq!(read_to_end(&store, &id, "read back").await.len(), 32 << 20);
+    store.close().await.unwrap();
+}
