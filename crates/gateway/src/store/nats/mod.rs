@@ -280,8 +280,19 @@ impl Store for NatsStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
+        if !self.inner.connected() {
+            self.inner.health.record_disconnected();
+        }
         self.inner.check_open()?;
-        self.inner.ready().await
+        self.inner.ready().await?;
+        if let Some(ago) = self.inner.health.settling() {
+            return Err(StoreError::unavailable(format!(
+                "nats: a check failed {:.1} s ago; ready again after {} s without a failure",
+                ago.as_secs_f64(),
+                read::PEER_SILENCE.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     async fn close(&self) -> Result<(), StoreError> {

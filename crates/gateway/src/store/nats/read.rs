@@ -291,6 +291,7 @@ impl Inner {
     /// and a quorum of current replicas. One attempt: a probe wants a quick answer.
     pub(super) async fn ready(&self) -> Result<(), StoreError> {
         if !self.connected() {
+            self.health.record_disconnected();
             return Err(self.disconnected());
         }
         let info = match self.stream.get_info().await {
@@ -305,13 +306,17 @@ impl Inner {
             Some(cluster) => quorum(cluster),
             None => Ok(()),
         };
-        self.health.record(&verdict);
+        let clustered = info
+            .cluster
+            .as_ref()
+            .is_some_and(|c| !c.replicas.is_empty());
+        self.health.record(&verdict, clustered);
         verdict
     }
 }
 
 /// How long a follower may stay silent and still count towards the quorum.
-const PEER_SILENCE: Duration = Duration::from_secs(3);
+pub(super) const PEER_SILENCE: Duration = Duration::from_secs(3);
 
 /// A clustered stream takes writes when it has a leader and a majority of its members (the
 /// leader and the current, online followers).

@@ -25,6 +25,9 @@ pub(super) const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 const HEALTH_INTERVAL_DOWN: Duration = Duration::from_millis(250);
 /// A verdict older than this is not trusted to refuse requests.
 const HEALTH_FRESH: Duration = Duration::from_secs(3);
+/// Readiness comes back only this long after the last failed probe: a follower that died at
+/// the failure is no longer counted by then.
+const SETTLE: Duration = super::read::PEER_SILENCE;
 /// Unanswered stream-info probes in a row that count as "no leader": one may be a busy
 /// server; two (each waited `attempt_timeout`) mean no leader answers, as when quorum is
 /// lost and the leader has stepped down.
@@ -44,26 +47,58 @@ struct HealthState {
     down: Option<(Instant, String)>,
     /// Stream-info probes in a row that got no answer.
     unanswered: u32,
+    /// When a probe last failed in any way (no answer, no leader, no quorum).
+    last_failure: Option<Instant>,
+    /// Whether the stream has replicas, as the last answered probe saw it.
+    clustered: bool,
 }
 
 impl Health {
     /// A probe's answer: the stream's own account of its leader and replicas.
-    pub(super) fn record(&self, verdict: &Result<(), crate::store::StoreError>) {
+    pub(super) fn record(&self, verdict: &Result<(), crate::store::StoreError>, clustered: bool) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.unanswered = 0;
+        state.clustered = clustered;
         state.down = match verdict {
             Ok(()) => None,
-            Err(err) => Some((Instant::now(), err.to_string())),
+            Err(err) => {
+                state.last_failure = Some(Instant::now());
+                Some((Instant::now(), err.to_string()))
+            }
         };
+    }
+
+    /// A probe that found the connection down: readiness waits for [`SETTLE`] after it too
+    /// (the node it reconnects to may still count the lost one).
+    pub(super) fn record_disconnected(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.last_failure = Some(Instant::now());
     }
 
     /// A probe that got no answer (a timeout, no responders).
     pub(super) fn record_unanswered(&self, err: &crate::store::StoreError) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.last_failure = Some(Instant::now());
         state.unanswered = state.unanswered.saturating_add(1);
         if state.unanswered >= UNANSWERED_PROBES_DOWN {
             state.down = Some((Instant::now(), err.to_string()));
         }
+    }
+
+    /// How long ago a probe failed, while that is less than [`SETTLE`] and the stream has
+    /// replicas: readiness stays 503 meanwhile. A leader goes on counting a follower that just
+    /// died for a few seconds (`PEER_SILENCE`), so the first good answer after a failure is not
+    /// yet proof of a quorum; without this, `/readyz` flapped back to 200 for seconds after
+    /// quorum was lost. A single server's good answer is proof enough.
+    pub(super) fn settling(&self) -> Option<Duration> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !state.clustered {
+            return None;
+        }
+        state
+            .last_failure
+            .map(|at| at.elapsed())
+            .filter(|ago| *ago < SETTLE)
     }
 
     /// Why writes cannot succeed now, when a fresh verdict says so.
