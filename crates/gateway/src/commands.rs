@@ -387,7 +387,7 @@ fn target(args: &ClientArgs) -> Result<(BaseUrl, StreamId), ExitCode> {
 /// `--retry-for`; a bad value is a usage error (printed, exit 2).
 fn retry_for(args: &ClientArgs) -> Result<std::time::Duration, ExitCode> {
     parse_ttl(&args.retry_for).map_err(|err| {
-        eprintln!("error: --retry-for {:?}: {err}", args.retry_for);
+        eprintln!("error: --retry-for '{}': {err}", args.retry_for);
         ExitCode::from(2)
     })
 }

@@ -47,6 +47,15 @@ pub enum Protocol {
     Tus,
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::V1 => "protocol v1",
+            Protocol::Tus => "tus",
+        })
+    }
+}
+
 impl Target {
     /// A protocol v1 server (engine-gateway).
     pub fn new(addr: SocketAddr, token: &str) -> anyhow::Result<Self> {

@@ -138,7 +138,7 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
         settings: Settings {
             server: match &config.server {
                 ServerChoice::Spawn(bin) => bin.display().to_string(),
-                ServerChoice::External(e) => format!("{} ({:?})", e.url, e.protocol),
+                ServerChoice::External(e) => format!("{} ({})", e.url, e.protocol),
             },
             server_version,
             data_dir: run_dir.display().to_string(),
@@ -197,7 +197,7 @@ impl Server {
             }
             ServerChoice::External(e) => {
                 let target = Target::speaking(e.addr, &e.token, e.protocol)?;
-                eprintln!("driving {} ({:?})", e.url, e.protocol);
+                eprintln!("driving {} ({})", e.url, e.protocol);
                 Ok(Self::External { target, pid: e.pid })
             }
         }
