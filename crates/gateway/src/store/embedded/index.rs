@@ -122,8 +122,7 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn meta(&self, name: &str) -> Result<Option<Meta>, StoreError> {
-        let found = self.streams.get(name).map_err(db_err)?;
-        Ok(found.map(|g| Meta::from_tuple(g.value())))
+        meta_in(&self.streams, name)
     }
 
     pub(super) fn meta_by_key(&self, key: u64) -> Result<Option<(String, Meta)>, StoreError> {
@@ -159,12 +158,7 @@ impl<'t> Tables<'t> {
 
     /// Segment number -> (generation, dead bytes), for every segment with a row.
     pub(super) fn segments(&self) -> Result<BTreeMap<u64, (u64, u64)>, StoreError> {
-        let mut out = BTreeMap::new();
-        for entry in self.segments.iter().map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            out.insert(k.value(), v.value());
-        }
-        Ok(out)
+        segments_in(&self.segments)
     }
 
     pub(super) fn set_segment(
@@ -190,11 +184,7 @@ impl<'t> Tables<'t> {
         key: u64,
         offset: u64,
     ) -> Result<Option<(u64, u64, u32)>, StoreError> {
-        Ok(self
-            .chunks
-            .get((key, offset))
-            .map_err(db_err)?
-            .map(|g| g.value()))
+        chunk_in(&self.chunks, key, offset)
     }
 
     pub(super) fn set_chunk(
@@ -327,6 +317,38 @@ fn skip_or_fail(replay: bool, what: &str) -> Result<(), StoreError> {
     }
 }
 
+// Reads shared by the writer's tables and the readers' snapshot (redb's `ReadableTable`).
+
+fn meta_in(
+    streams: &impl ReadableTable<&'static str, (u64, u64, bool, u64, u64)>,
+    name: &str,
+) -> Result<Option<Meta>, StoreError> {
+    let found = streams.get(name).map_err(db_err)?;
+    Ok(found.map(|g| Meta::from_tuple(g.value())))
+}
+
+fn chunk_in(
+    chunks: &impl ReadableTable<(u64, u64), (u64, u64, u32)>,
+    key: u64,
+    offset: u64,
+) -> Result<Option<(u64, u64, u32)>, StoreError> {
+    Ok(chunks
+        .get((key, offset))
+        .map_err(db_err)?
+        .map(|g| g.value()))
+}
+
+fn segments_in(
+    segments: &impl ReadableTable<u64, (u64, u64)>,
+) -> Result<BTreeMap<u64, (u64, u64)>, StoreError> {
+    let mut out = BTreeMap::new();
+    for entry in segments.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        out.insert(k.value(), v.value());
+    }
+    Ok(out)
+}
+
 /// A piece of a read: `take` bytes from `skip` into the chunk (one append record) whose data
 /// starts at `pos` in `segment` (packed id) and is `len` bytes long, at stream offset `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,29 +389,16 @@ impl Snapshot {
         key: u64,
         offset: u64,
     ) -> Result<Option<(u64, u64, u32)>, StoreError> {
-        Ok(self
-            .chunks
-            .get((key, offset))
-            .map_err(db_err)?
-            .map(|g| g.value()))
+        chunk_in(&self.chunks, key, offset)
     }
 
     /// Segment number -> (generation, dead bytes), for every segment with a row.
     pub(super) fn segments(&self) -> Result<BTreeMap<u64, (u64, u64)>, StoreError> {
-        let mut out = BTreeMap::new();
-        for entry in self.segments.iter().map_err(db_err)? {
-            let (k, v) = entry.map_err(db_err)?;
-            out.insert(k.value(), v.value());
-        }
-        Ok(out)
+        segments_in(&self.segments)
     }
 
     pub(super) fn meta(&self, name: &str) -> Result<Option<Meta>, StoreError> {
-        Ok(self
-            .streams
-            .get(name)
-            .map_err(db_err)?
-            .map(|g| Meta::from_tuple(g.value())))
+        meta_in(&self.streams, name)
     }
 
     /// Streams whose name starts with `prefix`, in name order, at most `limit`.
