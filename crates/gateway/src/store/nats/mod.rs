@@ -280,11 +280,11 @@ impl Store for NatsStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        if !self.inner.connected() {
-            self.inner.health.record_disconnected();
-        }
+        // The probe first: it records what it finds (a disconnect too), which the checks below
+        // and the settle read.
+        let probed = self.inner.ready().await;
         self.inner.check_open()?;
-        self.inner.ready().await?;
+        probed?;
         if let Some(ago) = self.inner.health.settling() {
             return Err(StoreError::unavailable(format!(
                 "nats: a check failed {:.1} s ago; ready again after {} s without a failure",

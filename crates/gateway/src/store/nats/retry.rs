@@ -62,8 +62,9 @@ impl Health {
         state.down = match verdict {
             Ok(()) => None,
             Err(err) => {
-                state.last_failure = Some(Instant::now());
-                Some((Instant::now(), err.to_string()))
+                let now = Instant::now();
+                state.last_failure = Some(now);
+                Some((now, err.to_string()))
             }
         };
     }
