@@ -263,7 +263,7 @@ pub async fn open_nats_tokens(nats: NatsConfig) -> anyhow::Result<Arc<dyn TokenS
     let store = NatsStore::connect(nats)
         .await
         .with_context(|| format!("connecting to nats at {urls}"))?;
-    let tokens = NatsTokenStore::open(&store, &bucket)
+    let tokens = NatsTokenStore::open_unwatched(&store, &bucket)
         .await
         .with_context(|| format!("opening the nats token bucket {bucket}"))?;
     Ok(Arc::new(tokens))

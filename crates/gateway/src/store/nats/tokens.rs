@@ -49,7 +49,7 @@ pub struct NatsTokenStore {
     /// Bucket name, for error messages.
     bucket: String,
     /// The watched copy; its watch task ends when the last clone of the store is dropped.
-    copy: Arc<Mirror>,
+    mirror: Arc<Mirror>,
 }
 
 /// The bucket as the watch has delivered it.
@@ -109,14 +109,14 @@ impl Mirror {
 
 /// Applies the bucket's changes to the copy for as long as the store exists; restarts a watch
 /// that fails, and marks the copy complete whenever it has applied the bucket's last sequence.
-async fn watch(kv: kv::Store, bucket: String, copy: Weak<Mirror>) {
+async fn watch(kv: kv::Store, bucket: String, mirror: Weak<Mirror>) {
     loop {
         let mut changes = match kv.watch_with_history(">").await {
             Ok(changes) => changes,
             Err(err) => {
                 tracing::info!(bucket = %bucket, error = %err, "token watch could not start; lookups read the bucket");
                 tokio::time::sleep(REWATCH_PAUSE).await;
-                if copy.strong_count() == 0 {
+                if mirror.strong_count() == 0 {
                     return;
                 }
                 continue;
@@ -127,9 +127,9 @@ async fn watch(kv: kv::Store, bucket: String, copy: Weak<Mirror>) {
         loop {
             tokio::select! {
                 change = changes.next() => {
-                    let Some(copy) = copy.upgrade() else { return };
+                    let Some(mirror) = mirror.upgrade() else { return };
                     match change {
-                        Some(Ok(entry)) => apply(&copy, &bucket, &entry),
+                        Some(Ok(entry)) => apply(&mirror, &bucket, &entry),
                         Some(Err(err)) => {
                             tracing::info!(bucket = %bucket, error = %err, "token watch failed; restarting it");
                             break;
@@ -138,64 +138,75 @@ async fn watch(kv: kv::Store, bucket: String, copy: Weak<Mirror>) {
                     }
                 }
                 _ = verify.tick() => {
-                    if copy.strong_count() == 0 {
+                    if mirror.strong_count() == 0 {
                         return;
                     }
                     let status = kv.status().await;
-                    let Some(copy) = copy.upgrade() else { return };
+                    let Some(mirror) = mirror.upgrade() else { return };
                     if let Ok(status) = status
-                        && copy.applied.load(Ordering::Acquire) >= status.info.state.last_sequence
+                        && mirror.applied.load(Ordering::Acquire) >= status.info.state.last_sequence
                     {
-                        *copy.verified() = Some(Instant::now());
+                        *mirror.verified() = Some(Instant::now());
                     }
                 }
             }
         }
-        if let Some(copy) = copy.upgrade() {
-            *copy.verified() = None;
+        if let Some(mirror) = mirror.upgrade() {
+            *mirror.verified() = None;
         }
         tokio::time::sleep(REWATCH_PAUSE).await;
     }
 }
 
 /// One delivered change.
-fn apply(copy: &Mirror, bucket: &str, entry: &kv::Entry) {
+fn apply(mirror: &Mirror, bucket: &str, entry: &kv::Entry) {
     if is_token_id(&entry.key) {
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<TokenRecord>(&entry.value) {
-                Ok(record) => copy.learn(&entry.key, entry.revision, Some(record)),
+                Ok(record) => mirror.learn(&entry.key, entry.revision, Some(record)),
                 Err(err) => {
                     tracing::warn!(bucket = %bucket, key = %entry.key, error = %err, "token record does not parse");
-                    copy.forget(&entry.key);
+                    mirror.forget(&entry.key);
                 }
             },
             kv::Operation::Delete | kv::Operation::Purge => {
-                copy.learn(&entry.key, entry.revision, None);
+                mirror.learn(&entry.key, entry.revision, None);
             }
         }
     }
-    copy.applied.fetch_max(entry.revision, Ordering::AcqRel);
+    mirror.applied.fetch_max(entry.revision, Ordering::AcqRel);
 }
 
 impl NatsTokenStore {
     /// Opens the bucket `NatsStore::connect` created or checked, and starts watching it.
     pub async fn open(store: &NatsStore, bucket: &str) -> Result<Self, TokenError> {
+        let tokens = Self::open_unwatched(store, bucket).await?;
+        tokio::spawn(watch(
+            tokens.kv.clone(),
+            bucket.to_owned(),
+            Arc::downgrade(&tokens.mirror),
+        ));
+        Ok(tokens)
+    }
+
+    /// Opens the bucket without a watch, for a one-shot `token` command: its copy never
+    /// becomes complete, so every lookup reads the bucket (no replay of the whole bucket).
+    pub async fn open_unwatched(store: &NatsStore, bucket: &str) -> Result<Self, TokenError> {
         let kv = store
             .jetstream()
             .get_key_value(bucket)
             .await
             .map_err(|err| backend(bucket, "open bucket", err))?;
-        let copy = Arc::new(Mirror {
+        let mirror = Arc::new(Mirror {
             client: store.client().clone(),
             records: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
             verified: Mutex::new(None),
         });
-        tokio::spawn(watch(kv.clone(), bucket.to_owned(), Arc::downgrade(&copy)));
         Ok(NatsTokenStore {
             kv,
             bucket: bucket.to_owned(),
-            copy,
+            mirror,
         })
     }
 
@@ -210,11 +221,11 @@ impl NatsTokenStore {
             return Ok(None);
         };
         if entry.operation != kv::Operation::Put {
-            self.copy.learn(id, entry.revision, None);
+            self.mirror.learn(id, entry.revision, None);
             return Ok(None);
         }
         let record = self.parse(id, &entry.value)?;
-        self.copy.learn(id, entry.revision, Some(record.clone()));
+        self.mirror.learn(id, entry.revision, Some(record.clone()));
         Ok(Some((record, entry.revision)))
     }
 
@@ -266,7 +277,7 @@ impl TokenStore for NatsTokenStore {
         if !is_token_id(id) {
             return Ok(None);
         }
-        if let Some(known) = self.copy.lookup(id) {
+        if let Some(known) = self.mirror.lookup(id) {
             return Ok(known);
         }
         Ok(self.read(id).await?.map(|(record, _)| record))
@@ -307,7 +318,7 @@ impl TokenStore for NatsTokenStore {
             match self.kv.update(id, value, revision).await {
                 Ok(new_revision) => {
                     // This replica sees its own revocation on the very next lookup.
-                    self.copy.learn(id, new_revision, Some(record.clone()));
+                    self.mirror.learn(id, new_revision, Some(record.clone()));
                     return Ok(record);
                 }
                 Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => {}
