@@ -448,13 +448,83 @@ async fn throughput() {
 }
 
 fn fsyncs(store: &EmbeddedStore) -> u64 {
+    counter(store, "engine_gateway_store_fsyncs_total")
+}
+
+fn counter(store: &EmbeddedStore, name: &str) -> u64 {
     let mut out = String::new();
     store.write_metrics(&mut out);
     let line = out
         .lines()
-        .find(|l| l.starts_with("engine_gateway_store_fsyncs_total "))
-        .unwrap();
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .unwrap_or_else(|| panic!("no {name} in\n{out}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// With nothing queued an append commits on its own task (no trip through the writer thread);
+/// under concurrency appends queue and share batches. Either way every byte is there after a
+/// reopen, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_commit_inline_when_nothing_is_queued_and_in_batches_when_many_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(config(dir.path())).await.unwrap());
+    let chunk = |s: usize, at: u64, len: u64| -> Bytes {
+        (at..at + len)
+            .map(|o| content(s, o))
+            .collect::<Vec<u8>>()
+            .into()
+    };
+    let mut offset = 0;
+    for _ in 0..20 {
+        let data = chunk(0, offset, 3000);
+        offset = store
+            .append(&sid("alone"), offset, data, false)
+            .await
+            .unwrap()
+            .offset;
+    }
+    let inline = counter(&store, "engine_gateway_store_inline_batches_total");
+    assert!(
+        inline >= 10,
+        "sequential appends went inline {inline} times of 20"
+    );
+    let before = counter(&store, "engine_gateway_store_batches_total");
+    let mut tasks = Vec::new();
+    for s in 1..=32 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut offset = 0;
+            for _ in 0..10 {
+                let data = chunk(s, offset, 10_000);
+                offset = store
+                    .append(&sid(&format!("s{s}")), offset, data, false)
+                    .await
+                    .unwrap()
+                    .offset;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let batches = counter(&store, "engine_gateway_store_batches_total") - before;
+    assert!(
+        (1..=320).contains(&batches),
+        "{batches} batches for 320 appends"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(config(dir.path())).await.unwrap();
+    check_content(0, &read_to_end(&store, &sid("alone"), "alone").await);
+    for s in 1..=32 {
+        let data = read_to_end(&store, &sid(&format!("s{s}")), "concurrent").await;
+        assert_eq!(data.len(), 100_000, "stream s{s}");
+        check_content(s, &data);
+    }
+    store.close().await.unwrap();
 }
 
 /// Pages of `path`'s first `len` bytes from `from` that are in the page cache (`mincore`).

@@ -25,10 +25,43 @@ pub struct Cli {
 pub enum Command {
     /// Start the gateway (or drive a running server), append chunks from N concurrent streams,
     /// compare with the disk's durable sequential write rate measured in the same run.
-    Ingest(IngestArgs),
+    Ingest(Box<IngestArgs>),
     /// The backtrace incident side by side: a naive anyhow server and the gateway answering the
     /// same failing requests with RUST_BACKTRACE=1; RSS growth and latency of both.
     Incident(IncidentArgs),
+    /// A minimal HTTP/1.1 server that answers protocol v1 PATCHes with 204 and keeps nothing
+    /// (or fdatasyncs each body into a file per stream): the floor `ingest` reads the gateway
+    /// against. Prints `sink listening on ADDR` and serves until killed.
+    Sink(SinkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Append each PATCH body to a file per stream here and fdatasync it before answering.
+    #[arg(long)]
+    pub fsync_dir: Option<PathBuf>,
+}
+
+/// A reference server `ingest` also loads, after the gateway, with the same client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sink {
+    /// `gateway-bench sink`: loopback HTTP and nothing else, the network floor.
+    NoDisk,
+    /// `gateway-bench sink --fsync-dir`: a file per stream, one fdatasync per PATCH.
+    FsyncEach,
+}
+
+impl Sink {
+    pub fn label(self) -> &'static str {
+        match self {
+            Sink::NoDisk => "http sink, no disk",
+            Sink::FsyncEach => "http sink, fdatasync per PATCH",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +185,10 @@ pub struct IngestArgs {
     /// Environment variable for the gateway, repeatable (e.g. --gateway-env MALLOC_CONF=prof:false).
     #[arg(long = "gateway-env", value_parser = parse_env)]
     pub gateway_env: Vec<(String, String)>,
+    /// Reference servers loaded after the gateway with the same scenarios, comma separated
+    /// [default: no-disk; smoke and --target-url: none]. `--sinks none` runs none.
+    #[arg(long, value_delimiter = ',')]
+    pub sinks: Option<Vec<SinkChoice>>,
     /// Keep the run's data directory instead of removing it.
     #[arg(long)]
     pub keep_data: bool,
@@ -159,6 +196,14 @@ pub struct IngestArgs {
     /// error.
     #[arg(long)]
     pub smoke: bool,
+}
+
+/// A value of `--sinks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkChoice {
+    None,
+    NoDisk,
+    FsyncEach,
 }
 
 /// The server a run loads.
@@ -201,6 +246,8 @@ pub struct IngestConfig {
     pub rss_interval: Duration,
     pub gateway_args: Vec<String>,
     pub gateway_env: Vec<(String, String)>,
+    /// Reference servers loaded after the gateway.
+    pub sinks: Vec<Sink>,
     pub keep_data: bool,
     pub smoke: bool,
     /// `YYYYMMDD-HHMMSS` of the start, for file and stream names.
@@ -274,6 +321,18 @@ impl IngestArgs {
             }
             _ => ServerChoice::Spawn(self.gateway_bin),
         };
+        let sinks = match self.sinks {
+            Some(choices) => choices
+                .into_iter()
+                .filter_map(|c| match c {
+                    SinkChoice::None => None,
+                    SinkChoice::NoDisk => Some(Sink::NoDisk),
+                    SinkChoice::FsyncEach => Some(Sink::FsyncEach),
+                })
+                .collect(),
+            None if smoke || matches!(server, ServerChoice::External(_)) => Vec::new(),
+            None => vec![Sink::NoDisk],
+        };
         Ok(IngestConfig {
             server,
             streams,
@@ -291,6 +350,7 @@ impl IngestArgs {
             rss_interval: self.rss_interval,
             gateway_args: self.gateway_args,
             gateway_env: self.gateway_env,
+            sinks,
             keep_data: self.keep_data,
             smoke,
             run_id,

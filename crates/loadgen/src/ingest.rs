@@ -13,12 +13,12 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::child::{GatewayChild, GatewaySpec};
-use crate::cli::{IngestConfig, LIMIT_WRITE, ServerChoice};
+use crate::cli::{IngestConfig, LIMIT_WRITE, ServerChoice, Sink};
 use crate::client::{LoadSpec, Target, run_load};
 use crate::machine::{command_output, gather};
 use crate::procmem::{RssSampler, proc_stat, read_status, reset_peak};
 use crate::raw::{RawResult, mib_per_s, run_raw};
-use crate::report::{Report, ScenarioResult, Settings, mib, ratio};
+use crate::report::{Report, ScenarioResult, Settings, SinkResult, mib, ratio};
 
 /// Runs the whole benchmark. Progress goes to stderr; the result is returned, not printed.
 pub async fn run(config: &IngestConfig) -> anyhow::Result<Report> {
@@ -127,6 +127,41 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
     }
     server.stop().await;
 
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for &sink in &config.sinks {
+        let child = SinkChild::start(sink, run_dir).await?;
+        let mut server = Server::External {
+            target: Target::new(child.addr, "sink")?,
+            pid: Some(child.pid()),
+        };
+        let mut rows = Vec::with_capacity(config.streams.len());
+        for &streams in &config.streams {
+            let refs = References {
+                limit_mib_per_s: limit.mib_per_s,
+                raw_mib_per_s: raw.mib_per_s,
+            };
+            let scenario = run_scenario(config, &mut server, &chunk, streams, refs)
+                .await
+                .with_context(|| format!("{} ({streams} streams)", sink.label()))?;
+            eprintln!(
+                "{}, {streams} streams: {:.1} MiB/s, {} CPU-s/GiB, p50 {:.2} ms",
+                sink.label(),
+                scenario.mib_per_s,
+                scenario
+                    .cpu_s_per_gib
+                    .map_or_else(|| "?".into(), |v| format!("{v:.2}")),
+                scenario.latency.p50_ms,
+            );
+            rows.push(scenario);
+        }
+        drop(child);
+        sinks.push(SinkResult {
+            sink,
+            label: sink.label(),
+            scenarios: rows,
+        });
+    }
+
     let peak_rss_method = if all_reset {
         "VmHWM of the server, reset at each scenario's start via /proc/PID/clear_refs (one server process for all scenarios)"
     } else {
@@ -152,7 +187,61 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
         limit,
         raw,
         scenarios,
+        sinks,
     })
+}
+
+/// `gateway-bench sink` as a child of this process; killed when dropped.
+struct SinkChild {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl SinkChild {
+    async fn start(sink: Sink, run_dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding gateway-bench's own binary")?;
+        let dir = run_dir.join("sink");
+        blocking(move || {
+            let mut command = std::process::Command::new(exe);
+            command.arg("sink");
+            if sink == Sink::FsyncEach {
+                command.arg("--fsync-dir").arg(&dir);
+            }
+            let mut child = command
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("starting gateway-bench sink")?;
+            let mut line = String::new();
+            if let Some(stdout) = child.stdout.take() {
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+            }
+            let addr = line
+                .trim()
+                .strip_prefix("sink listening on ")
+                .and_then(|a| a.parse().ok());
+            match addr {
+                Some(addr) => Ok(SinkChild { child, addr }),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    anyhow::bail!("gateway-bench sink did not start (printed {line:?})")
+                }
+            }
+        })
+        .await
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for SinkChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 async fn raw_baseline(

@@ -13,4 +13,5 @@ pub mod machine;
 pub mod procmem;
 pub mod raw;
 pub mod report;
+pub mod sink;
 pub mod stats;

@@ -4,14 +4,42 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use loadgen::cli::{Cli, Command, IncidentArgs, IngestArgs};
+use loadgen::cli::{Cli, Command, IncidentArgs, IngestArgs, SinkArgs};
 use loadgen::{incident, ingest, machine};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Ingest(args) => ingest_main(args),
+        Command::Ingest(args) => ingest_main(*args),
         Command::Incident(args) => incident_main(args),
+        Command::Sink(args) => sink_main(args),
+    }
+}
+
+fn sink_main(args: SinkArgs) -> ExitCode {
+    let listener = match std::net::TcpListener::bind(args.listen) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("error: listening on {}: {err}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => {
+            println!("sink listening on {addr}");
+            let _ = std::io::stdout().flush();
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match loadgen::sink::serve(listener, args.fsync_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -26,6 +26,16 @@ pub struct Report {
     /// One writer, one `fdatasync` per chunk: the second reference, for `ratio_to_raw`.
     pub raw: RawResult,
     pub scenarios: Vec<ScenarioResult>,
+    /// The same scenarios against reference servers (`gateway-bench sink`), after the gateway.
+    pub sinks: Vec<SinkResult>,
+}
+
+/// One reference server's rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkResult {
+    pub sink: crate::cli::Sink,
+    pub label: &'static str,
+    pub scenarios: Vec<ScenarioResult>,
 }
 
 /// How the run was configured.
@@ -130,10 +140,16 @@ impl Report {
                 raw.latency.max_ms,
             );
         }
-        for sc in &self.scenarios {
+        let rows = self.scenarios.iter().map(|sc| (String::new(), sc));
+        let sink_rows = self.sinks.iter().flat_map(|sink| {
+            sink.scenarios
+                .iter()
+                .map(move |sc| (format!("{}: ", sink.label), sc))
+        });
+        for (label, sc) in rows.chain(sink_rows) {
             let _ = writeln!(
                 md,
-                "| {} stream{} | {:.1} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {}{} | {} | {} |",
+                "| {label}{} stream{} | {:.1} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {}{} | {} | {} |",
                 sc.streams,
                 if sc.streams == 1 { "" } else { "s" },
                 sc.mib_per_s,
@@ -161,6 +177,14 @@ impl Report {
              CPU-s/GiB the benchmark process's own. The disk limit (64 KiB writes, large batches \
              per fdatasync) is the ceiling every share is of.\n",
         );
+        if !self.sinks.is_empty() {
+            md.push_str(
+                "\nhttp sink rows: `gateway-bench sink`, the same client against a minimal server \
+                 (a thread per connection, blocking reads into one buffer, 204): with no disk it \
+                 is the floor loopback HTTP alone costs here; with fdatasync per PATCH it is the \
+                 durable server a user would write without group commit.\n",
+            );
+        }
         md
     }
 
@@ -276,6 +300,7 @@ mod tests {
                 cpu_s_per_gib: Some(0.9),
                 minor_faults_per_gib: Some(1500.0),
             }],
+            sinks: Vec::new(),
         }
     }
 

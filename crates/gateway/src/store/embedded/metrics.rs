@@ -20,6 +20,8 @@ pub struct RecoveryReport {
 /// Live counters, updated by the writer thread.
 pub(super) struct Metrics {
     pub(super) batches: AtomicU64,
+    /// Batches of one committed by the request's own task (the queue was empty).
+    pub(super) inline_batches: AtomicU64,
     pub(super) fsyncs: AtomicU64,
     pub(super) appended_bytes: AtomicU64,
     pub(super) checkpoints: AtomicU64,
@@ -40,6 +42,7 @@ impl Metrics {
     pub(super) fn new(recovery: RecoveryReport) -> Self {
         Metrics {
             batches: AtomicU64::new(0),
+            inline_batches: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
@@ -62,6 +65,11 @@ impl Metrics {
                 "batches_total",
                 "group commits of the write-ahead log",
                 &self.batches,
+            ),
+            (
+                "inline_batches_total",
+                "group commits of one append made by its own request, the queue being empty",
+                &self.inline_batches,
             ),
             (
                 "fsyncs_total",

@@ -39,7 +39,7 @@ use self::read::SegmentFiles;
 pub use self::repair::{CheckReport, RepairReport, check, repair};
 pub use self::scan::DamageReport;
 use self::wait::Waiters;
-use self::writer::{Request, Writer, WriterConfig};
+use self::writer::{Request, Writer, WriterConfig, WriterThread};
 use crate::store::retention::RetentionConfig;
 use crate::store::{Appended, ErrorKind, ReadChunk, Store, StoreError, StreamInfo};
 use crate::stream_id::StreamId;
@@ -114,6 +114,8 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     /// Queue to the writer thread; dropping the store closes it and the writer stops.
     tx: mpsc::Sender<Request>,
+    /// The log's writing end, shared with the writer thread (see [`Writer`]).
+    log: Arc<Mutex<Writer>>,
     /// Bytes of appends queued or being written, bounded by `max_queued_bytes`.
     budget: Arc<Semaphore>,
     max_queued_bytes: usize,
@@ -202,9 +204,8 @@ impl EmbeddedStore {
             _lock: lock,
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);
-        let writer = Writer {
+        let writer = Arc::new(Mutex::new(Writer {
             shared: shared.clone(),
-            rx,
             segment,
             config: WriterConfig {
                 segment_bytes: config.segment_bytes,
@@ -218,10 +219,16 @@ impl EmbeddedStore {
             batch: log::Batch::default(),
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            last_write: Duration::ZERO,
+            stopped: false,
+        }));
+        let thread = WriterThread {
+            rx,
+            writer: writer.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || thread.run())
             .map_err(|e| io("starting the writer for", e))?;
         let (stop, stopped) = std::sync::mpsc::channel();
         let maintenance = maintenance::Maintenance {
@@ -238,6 +245,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             shared,
             tx,
+            log: writer,
             maintenance: Mutex::new(Some((stop, maintainer))),
             retention: config.retention,
             compact_ratio: config.compact_ratio,
@@ -295,6 +303,11 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::unavailable("store writer has stopped"))?
     }
 }
+
+/// An append commits on its own task, not through the writer thread, only while the log's last
+/// write and sync took at most this long: a runtime worker is held that long, and a slow
+/// disk must not hold it (nor the other connections it serves).
+const INLINE_WRITE_MAX: Duration = Duration::from_millis(2);
 
 /// How long `open` waits for the previous owner of the directory to let go of its lock.
 ///
@@ -373,7 +386,7 @@ impl Store for EmbeddedStore {
             .map_err(|_| StoreError::unavailable("store is closed"))?;
         // Here, on the request's thread: the writer thread only writes and syncs.
         let crc = crc32fast::hash(&data);
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
         let request = Request::Append {
             id: id.clone(),
             offset,
@@ -382,6 +395,22 @@ impl Store for EmbeddedStore {
             seal,
             reply,
             _permit: permit,
+        };
+        if self.shared.closed.load(SeqCst) {
+            return Err(StoreError::unavailable("store is closed"));
+        }
+        // Nothing queued: commit here rather than wake the writer thread and be woken by it.
+        let request = if self.tx.capacity() == self.tx.max_capacity() {
+            match Writer::commit_inline(&self.log, request, INLINE_WRITE_MAX) {
+                Ok(()) => {
+                    return rx.try_recv().unwrap_or_else(|_| {
+                        Err(StoreError::internal("an inline commit gave no answer"))
+                    });
+                }
+                Err(request) => request,
+            }
+        } else {
+            request
         };
         self.request(request, rx).await
     }

@@ -4,8 +4,8 @@
 //! thread only frames, writes, syncs and indexes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -108,10 +108,12 @@ impl Spec {
     }
 }
 
-/// The writer thread's state.
+/// The log's writing end: whoever holds its lock commits a batch. Usually the writer thread
+/// (a batch of whatever queued meanwhile), or, when nothing is queued and the disk answers
+/// fast, a request's own task (a batch of one, see `EmbeddedStore::append`): that saves the
+/// two thread wake-ups of a round trip through the queue.
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
-    pub(super) rx: mpsc::Receiver<Request>,
     pub(super) segment: SegmentWriter,
     pub(super) config: WriterConfig,
     /// Key of the next created stream; only this thread creates streams.
@@ -121,24 +123,43 @@ pub(super) struct Writer {
     /// Batches committed with `Durability::None` since the last durable checkpoint.
     pub(super) since_checkpoint: u64,
     pub(super) last_checkpoint: Instant,
+    /// How long the last batch's write and sync took.
+    pub(super) last_write: Duration,
+    /// Set when the writer thread has closed the log: no batch may be committed after.
+    pub(super) stopped: bool,
 }
 
-impl Writer {
+/// The writer thread: takes queued requests and commits them in batches.
+pub(super) struct WriterThread {
+    pub(super) rx: mpsc::Receiver<Request>,
+    pub(super) writer: Arc<Mutex<Writer>>,
+}
+
+/// Locks the writer; a panic while it was held leaves nothing half-done that matters here
+/// (a failed batch is cut back or marks the store failed), so the lock is taken over.
+pub(super) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WriterThread {
     pub(super) fn run(mut self) {
         let mut batch = Vec::new();
         loop {
             let Some(first) = self.rx.blocking_recv() else {
                 // every handle dropped without close(): still leave a durable index behind
-                let _ = self.checkpoint();
+                let mut writer = lock(&self.writer);
+                let _ = writer.checkpoint();
+                writer.stopped = true;
                 return;
             };
+            let mut writer = lock(&self.writer);
             let mut bytes = first.size();
             let mut close = None;
             match first {
                 Request::Close { reply } => close = Some(reply),
                 other => batch.push(other),
             }
-            while close.is_none() && bytes < self.config.max_batch_bytes {
+            while close.is_none() && bytes < writer.config.max_batch_bytes {
                 match self.rx.try_recv() {
                     Ok(Request::Close { reply }) => close = Some(reply),
                     Ok(request) => {
@@ -149,10 +170,12 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.process(&mut batch);
+                writer.process(&mut batch);
             }
             if let Some(reply) = close {
-                let result = self.checkpoint();
+                let result = writer.checkpoint();
+                writer.stopped = true;
+                drop(writer);
                 self.rx.close();
                 while let Ok(request) = self.rx.try_recv() {
                     request.answer(Err(StoreError::unavailable("store is closed")));
@@ -161,6 +184,28 @@ impl Writer {
                 return;
             }
         }
+    }
+}
+
+impl Writer {
+    /// Commits `request` on the calling thread if nothing else is being committed, the log is
+    /// open and its last write and sync took at most `fast` (a slow disk would hold the
+    /// caller that long): returns it back otherwise, to be queued.
+    pub(super) fn commit_inline(
+        writer: &Mutex<Writer>,
+        request: Request,
+        fast: Duration,
+    ) -> Result<(), Request> {
+        let mut writer = match writer.try_lock() {
+            Ok(writer) => writer,
+            Err(_) => return Err(request),
+        };
+        if writer.stopped || writer.last_write > fast {
+            return Err(request);
+        }
+        writer.process(&mut vec![request]);
+        writer.shared.metrics.inline_batches.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// Commits the index durably with the current log position.
@@ -380,6 +425,7 @@ impl Writer {
         let result = self.segment.write_durably(&self.batch);
         let len = self.batch.len();
         self.batch.clear();
+        self.last_write = started.elapsed();
         match result {
             Ok(()) => {
                 self.segment.release_behind(self.config.cached_tail_bytes);
