@@ -22,7 +22,7 @@ mod writer;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,6 +116,8 @@ pub struct EmbeddedStore {
     tx: mpsc::Sender<Request>,
     /// The log's writing end, shared with the writer thread (see [`Writer`]).
     log: Arc<Mutex<Writer>>,
+    /// Appends between their checks and their answer.
+    appending: AtomicUsize,
     /// Bytes of appends queued or being written, bounded by `max_queued_bytes`.
     budget: Arc<Semaphore>,
     max_queued_bytes: usize,
@@ -246,6 +248,7 @@ impl EmbeddedStore {
             shared,
             tx,
             log: writer,
+            appending: AtomicUsize::new(0),
             maintenance: Mutex::new(Some((stop, maintainer))),
             retention: config.retention,
             compact_ratio: config.compact_ratio,
@@ -301,6 +304,27 @@ impl EmbeddedStore {
             .map_err(|_| StoreError::unavailable("store writer has stopped"))?;
         rx.await
             .map_err(|_| StoreError::unavailable("store writer has stopped"))?
+    }
+}
+
+/// One append counted in [`EmbeddedStore::appending`] for as long as it lives (a cancelled
+/// request too).
+struct Appending<'a> {
+    count: &'a AtomicUsize,
+    /// No other append was in flight when this one entered.
+    first: bool,
+}
+
+impl<'a> Appending<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let first = count.fetch_add(1, SeqCst) == 0;
+        Appending { count, first }
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, SeqCst);
     }
 }
 
@@ -399,8 +423,11 @@ impl Store for EmbeddedStore {
         if self.shared.closed.load(SeqCst) {
             return Err(StoreError::unavailable("store is closed"));
         }
-        // Nothing queued: commit here rather than wake the writer thread and be woken by it.
-        let request = if self.tx.capacity() == self.tx.max_capacity() {
+        // The only append in flight: commit here rather than wake the writer thread and be
+        // woken by it. With others in flight the writer thread batches them: a task committing
+        // alone would hold its runtime worker and make the thread wait for the lock.
+        let alone = Appending::enter(&self.appending);
+        let request = if alone.first && self.tx.capacity() == self.tx.max_capacity() {
             match Writer::commit_inline(&self.log, request, INLINE_WRITE_MAX) {
                 Ok(()) => {
                     return rx.try_recv().unwrap_or_else(|_| {
