@@ -24,6 +24,12 @@ fn sink_main(args: SinkArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // std listens with a backlog of 128: 1,024 streams connecting at once would overflow it
+    // and time out; listen again with the kernel's largest (the gateway's runtime uses 1024).
+    // SAFETY: listen(2) on a socket this process owns; it only changes the backlog.
+    unsafe {
+        libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096);
+    }
     match listener.local_addr() {
         Ok(addr) => {
             println!("sink listening on {addr}");
