@@ -20,6 +20,9 @@
 #   BENCH_TOKEN      its bearer token
 #   BENCH_TARGET_PID its process id, for CPU, faults and RSS (optional)
 #   BENCH_PROTOCOL   v1 (Stream-Offset, default) or tus (Upload-Offset)
+#   BENCH_SINKS      reference servers loaded after the gateway: no-disk (the network floor,
+#                    default), fsync-each (fdatasync per PATCH: a hand-written durable server),
+#                    both comma separated, or none (default with BENCH_SMOKE or BENCH_TARGET_URL)
 # Extra arguments are passed to `gateway-bench ingest` as they are.
 set -euo pipefail
 
@@ -47,6 +50,7 @@ if [[ -n "${BENCH_DURATION:-}" ]]; then args+=(--duration "$BENCH_DURATION"); fi
 if [[ -n "${BENCH_STREAMS:-}" ]]; then args+=(--streams "$BENCH_STREAMS"); fi
 if [[ -n "${BENCH_CHUNK:-}" ]]; then args+=(--chunk "$BENCH_CHUNK"); fi
 if [[ -n "${BENCH_DATA_DIR:-}" ]]; then args+=(--data-dir "$BENCH_DATA_DIR"); fi
+if [[ -n "${BENCH_SINKS:-}" ]]; then args+=(--sinks "$BENCH_SINKS"); fi
 if [[ -n "${BENCH_OUT:-}" ]]; then args+=(--out "$BENCH_OUT"); fi
 
 mkdir -p bench/results
