@@ -272,7 +272,7 @@ impl Server {
                 let spec = GatewaySpec {
                     bin: bin.clone(),
                     data_dir: run_dir.join("gateway"),
-                    extra_args: config.gateway_args.clone(),
+                    extra_args: gateway_args(config),
                     env: config.gateway_env.clone(),
                     startup_timeout: config.startup_timeout,
                 };
@@ -325,6 +325,23 @@ impl Server {
             gateway.stop().await;
         }
     }
+}
+
+/// Connections the gateway may hold beyond the largest scenario's streams.
+const CONNECTION_HEADROOM: usize = 64;
+
+/// `serve` arguments: the user's, after a connection cap above the largest scenario. At the
+/// default cap (1,024) a 1,024-stream scenario has no slack: any other connection (a probe, a
+/// connection of the previous scenario not yet reaped) makes the gateway evict one of the
+/// scenario's idle new connections, and the benchmark counts a transport error.
+fn gateway_args(config: &IngestConfig) -> Vec<String> {
+    let largest = config.streams.iter().copied().max().unwrap_or(0);
+    let mut args = vec![format!(
+        "--max-connections={}",
+        (largest + CONNECTION_HEADROOM).max(1024)
+    )];
+    args.extend(config.gateway_args.iter().cloned());
+    args
 }
 
 /// The disk baselines a scenario is read against, MiB/s.
