@@ -68,7 +68,7 @@ impl Metrics {
             ),
             (
                 "inline_batches_total",
-                "group commits of one append made by its own request, the queue being empty",
+                "group commits of one append made by its own request, the only append in flight",
                 &self.inline_batches,
             ),
             (
