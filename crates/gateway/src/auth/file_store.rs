@@ -253,15 +253,9 @@ impl Inner {
     /// The cached record of `id` if its file is still the one it was parsed from; `None` when
     /// not cached, changed, gone or unreadable ([`Inner::get`] then finds out which).
     fn unchanged(&self, id: &str) -> Option<TokenRecord> {
-        let cached = self.lock().get(id).map(|c| c.stamp)?;
+        let (cached, record) = self.lock().get(id).map(|c| (c.stamp, c.record.clone()))?;
         let stamp = Stamp::of(&fs::metadata(self.path(id)).ok()?);
-        if stamp != cached {
-            return None;
-        }
-        self.lock()
-            .get(id)
-            .filter(|c| c.stamp == stamp)
-            .map(|c| c.record.clone())
+        (stamp == cached).then_some(record)
     }
 
     fn get(&self, id: &str) -> Result<Option<TokenRecord>, TokenError> {

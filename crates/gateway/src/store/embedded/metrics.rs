@@ -20,7 +20,7 @@ pub struct RecoveryReport {
 /// Live counters, updated by the writer thread.
 pub(super) struct Metrics {
     pub(super) batches: AtomicU64,
-    /// Batches of one committed by the request's own task (the queue was empty).
+    /// Batches of one committed by the request's own task (the only append in flight).
     pub(super) inline_batches: AtomicU64,
     pub(super) fsyncs: AtomicU64,
     pub(super) appended_bytes: AtomicU64,

@@ -222,7 +222,6 @@ impl EmbeddedStore {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_write: Duration::ZERO,
-            stopped: false,
         }));
         let thread = WriterThread {
             rx,
@@ -420,9 +419,6 @@ impl Store for EmbeddedStore {
             reply,
             _permit: permit,
         };
-        if self.shared.closed.load(SeqCst) {
-            return Err(StoreError::unavailable("store is closed"));
-        }
         // The only append in flight: commit here rather than wake the writer thread and be
         // woken by it. With others in flight the writer thread batches them: a task committing
         // alone would hold its runtime worker and make the thread wait for the lock.

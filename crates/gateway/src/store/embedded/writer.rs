@@ -126,8 +126,6 @@ pub(super) struct Writer {
     pub(super) last_checkpoint: Instant,
     /// How long the last batch's write and sync took.
     pub(super) last_write: Duration,
-    /// Set when the writer thread has closed the log: no batch may be committed after.
-    pub(super) stopped: bool,
 }
 
 /// The writer thread: takes queued requests and commits them in batches.
@@ -148,9 +146,7 @@ impl WriterThread {
         loop {
             let Some(first) = self.rx.blocking_recv() else {
                 // every handle dropped without close(): still leave a durable index behind
-                let mut writer = lock(&self.writer);
-                let _ = writer.checkpoint();
-                writer.stopped = true;
+                let _ = lock(&self.writer).checkpoint();
                 return;
             };
             let mut writer = lock(&self.writer);
@@ -175,7 +171,6 @@ impl WriterThread {
             }
             if let Some(reply) = close {
                 let result = writer.checkpoint();
-                writer.stopped = true;
                 drop(writer);
                 self.rx.close();
                 while let Ok(request) = self.rx.try_recv() {
@@ -189,9 +184,10 @@ impl WriterThread {
 }
 
 impl Writer {
-    /// Commits `request` on the calling thread if nothing else is being committed, the log is
-    /// open and its last write and sync took at most `fast` (a slow disk would hold the
-    /// caller that long): returns it back otherwise, to be queued.
+    /// Commits `request` on the calling thread if nothing else is being committed, the store
+    /// is open and the log's last write and sync took at most `fast` (a slow disk would hold
+    /// the caller that long): returns it back otherwise, to be queued. `close` marks the store
+    /// closed before its final checkpoint takes this lock, so nothing commits after that.
     pub(super) fn commit_inline(
         writer: &Mutex<Writer>,
         request: Request,
@@ -201,7 +197,7 @@ impl Writer {
             Ok(writer) => writer,
             Err(_) => return Err(request),
         };
-        if writer.stopped || writer.last_write > fast {
+        if writer.shared.closed.load(SeqCst) || writer.last_write > fast {
             return Err(request);
         }
         writer.process(&mut vec![request]);
