@@ -16,6 +16,31 @@ use hyper::{Method, StatusCode};
 
 use crate::client::{Target, probe};
 
+/// A child process that is killed and reaped when dropped, so no run, failed or not, leaves
+/// a server behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// How to start the gateway.
 #[derive(Debug, Clone)]
 pub struct GatewaySpec {

@@ -185,10 +185,11 @@ pub struct IngestArgs {
     /// Environment variable for the gateway, repeatable (e.g. --gateway-env MALLOC_CONF=prof:false).
     #[arg(long = "gateway-env", value_parser = parse_env)]
     pub gateway_env: Vec<(String, String)>,
-    /// Reference servers loaded after the gateway with the same scenarios, comma separated
-    /// [default: no-disk; smoke and --target-url: none]. `--sinks none` runs none.
-    #[arg(long, value_delimiter = ',')]
-    pub sinks: Option<Vec<SinkChoice>>,
+    /// Reference servers loaded after the gateway with the same scenarios, comma separated:
+    /// no-disk, fsync-each [default: no-disk; smoke and --target-url: none]. `--sinks none`
+    /// runs none.
+    #[arg(long, value_parser = parse_sinks)]
+    pub sinks: Option<Sinks>,
     /// Keep the run's data directory instead of removing it.
     #[arg(long)]
     pub keep_data: bool,
@@ -198,12 +199,20 @@ pub struct IngestArgs {
     pub smoke: bool,
 }
 
-/// A value of `--sinks`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SinkChoice {
-    None,
-    NoDisk,
-    FsyncEach,
+/// The value of `--sinks`: the reference servers named, none for `none`.
+#[derive(Debug, Clone)]
+pub struct Sinks(pub Vec<Sink>);
+
+fn parse_sinks(value: &str) -> Result<Sinks, String> {
+    if value == "none" {
+        return Ok(Sinks(Vec::new()));
+    }
+    value
+        .split(',')
+        .map(|name| clap::ValueEnum::from_str(name.trim(), false))
+        .collect::<Result<_, _>>()
+        .map(Sinks)
+        .map_err(|_| format!("{value}: expected none, or no-disk and/or fsync-each"))
 }
 
 /// The server a run loads.
@@ -322,14 +331,7 @@ impl IngestArgs {
             _ => ServerChoice::Spawn(self.gateway_bin),
         };
         let sinks = match self.sinks {
-            Some(choices) => choices
-                .into_iter()
-                .filter_map(|c| match c {
-                    SinkChoice::None => None,
-                    SinkChoice::NoDisk => Some(Sink::NoDisk),
-                    SinkChoice::FsyncEach => Some(Sink::FsyncEach),
-                })
-                .collect(),
+            Some(Sinks(sinks)) => sinks,
             None if smoke || matches!(server, ServerChoice::External(_)) => Vec::new(),
             None => vec![Sink::NoDisk],
         };
@@ -503,6 +505,28 @@ mod tests {
             panic!("not incident")
         };
         assert!(args.into_config().is_err());
+    }
+
+    #[test]
+    fn sinks_are_named_or_none() {
+        let sinks = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["gateway-bench", "ingest"], args].concat())
+                .unwrap_or_else(|err| panic!("{err}"));
+            let Command::Ingest(args) = cli.command else {
+                panic!("not ingest")
+            };
+            args.into_config()
+                .unwrap_or_else(|err| panic!("{err:#}"))
+                .sinks
+        };
+        assert_eq!(sinks(&[]), vec![Sink::NoDisk]);
+        assert_eq!(sinks(&["--smoke"]), vec![]);
+        assert_eq!(sinks(&["--sinks", "none"]), vec![]);
+        assert_eq!(
+            sinks(&["--sinks", "no-disk,fsync-each"]),
+            vec![Sink::NoDisk, Sink::FsyncEach]
+        );
+        assert!(Cli::try_parse_from(["gateway-bench", "ingest", "--sinks", "disk"]).is_err());
     }
 
     #[test]

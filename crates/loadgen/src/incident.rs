@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use crate::child::{GatewayChild, GatewaySpec, free_loopback_port};
+use crate::child::{GatewayChild, GatewaySpec, KillOnDrop, free_loopback_port};
 use crate::incident_client::{Conn, WorkerOutcome, patch_request, run_worker};
 use crate::procmem::{RssSampler, read_status, reset_peak};
 use crate::stats::{Histogram, ms};
@@ -280,7 +280,7 @@ fn threads(pid: u32) -> u64 {
 
 /// The naive server as a child: `RUST_BACKTRACE=1`, stderr (its error log) to /dev/null.
 struct NaiveChild {
-    child: Child,
+    child: KillOnDrop,
     addr: SocketAddr,
     token: String,
 }
@@ -297,7 +297,11 @@ impl NaiveChild {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", config.naive_bin.display()))?;
-        let mut naive = Self { child, addr, token };
+        let mut naive = Self {
+            child: KillOnDrop(child),
+            addr,
+            token,
+        };
         let deadline = Instant::now() + config.startup_timeout;
         let healthz = format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").into_bytes();
         loop {
@@ -322,13 +326,6 @@ impl NaiveChild {
 
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for NaiveChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

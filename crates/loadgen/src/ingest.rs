@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 
-use crate::child::{GatewayChild, GatewaySpec};
+use crate::child::{GatewayChild, GatewaySpec, KillOnDrop};
 use crate::cli::{IngestConfig, LIMIT_WRITE, ServerChoice, Sink};
 use crate::client::{LoadSpec, Target, run_load};
 use crate::machine::{command_output, gather};
@@ -193,7 +193,7 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
 
 /// `gateway-bench sink` as a child of this process; killed when dropped.
 struct SinkChild {
-    child: std::process::Child,
+    child: KillOnDrop,
     addr: std::net::SocketAddr,
 }
 
@@ -207,11 +207,13 @@ impl SinkChild {
             if sink == Sink::FsyncEach {
                 command.arg("--fsync-dir").arg(&dir);
             }
-            let mut child = command
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .context("starting gateway-bench sink")?;
+            let mut child = KillOnDrop(
+                command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .context("starting gateway-bench sink")?,
+            );
             let mut line = String::new();
             if let Some(stdout) = child.stdout.take() {
                 std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
@@ -222,11 +224,7 @@ impl SinkChild {
                 .and_then(|a| a.parse().ok());
             match addr {
                 Some(addr) => Ok(SinkChild { child, addr }),
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    anyhow::bail!("gateway-bench sink did not start (printed {line:?})")
-                }
+                None => anyhow::bail!("gateway-bench sink did not start (printed {line:?})"),
             }
         })
         .await
@@ -234,13 +232,6 @@ impl SinkChild {
 
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for SinkChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
