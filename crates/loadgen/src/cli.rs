@@ -507,18 +507,19 @@ mod tests {
         assert!(args.into_config().is_err());
     }
 
+    /// `gateway-bench ingest ARGS` as a validated config.
+    fn parse(args: &[&str]) -> anyhow::Result<IngestConfig> {
+        let cli = Cli::try_parse_from([&["gateway-bench", "ingest"], args].concat())
+            .unwrap_or_else(|err| panic!("{err}"));
+        let Command::Ingest(args) = cli.command else {
+            panic!("not ingest")
+        };
+        args.into_config()
+    }
+
     #[test]
     fn sinks_are_named_or_none() {
-        let sinks = |args: &[&str]| {
-            let cli = Cli::try_parse_from([&["gateway-bench", "ingest"], args].concat())
-                .unwrap_or_else(|err| panic!("{err}"));
-            let Command::Ingest(args) = cli.command else {
-                panic!("not ingest")
-            };
-            args.into_config()
-                .unwrap_or_else(|err| panic!("{err:#}"))
-                .sinks
-        };
+        let sinks = |args: &[&str]| parse(args).unwrap_or_else(|err| panic!("{err:#}")).sinks;
         assert_eq!(sinks(&[]), vec![Sink::NoDisk]);
         assert_eq!(sinks(&["--smoke"]), vec![]);
         assert_eq!(sinks(&["--sinks", "none"]), vec![]);
@@ -531,14 +532,6 @@ mod tests {
 
     #[test]
     fn smoke_changes_defaults_but_not_explicit_flags() {
-        let parse = |args: &[&str]| {
-            let cli = Cli::try_parse_from([&["gateway-bench", "ingest"], args].concat())
-                .unwrap_or_else(|err| panic!("{err}"));
-            let Command::Ingest(args) = cli.command else {
-                panic!("not ingest")
-            };
-            args.into_config()
-        };
         let normal = parse(&[]).unwrap_or_else(|err| panic!("{err:#}"));
         assert_eq!(normal.streams, vec![1, 64, 256, 1024]);
         assert_eq!(normal.limit_chunks, 128);
