@@ -14,6 +14,7 @@ mod query;
 mod read_body;
 pub mod server;
 mod streams;
+mod threads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

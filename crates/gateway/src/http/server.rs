@@ -20,6 +20,7 @@ use tower_service::Service;
 
 use super::conn::{GuardedBody, Registered, Registry, StallGuard};
 use super::error::{ErrorCode, canned_answer};
+use super::threads::ConnectionThreads;
 use crate::metrics::Metrics;
 
 /// Limits enforced per connection, before any handler runs.
@@ -38,6 +39,9 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     /// How long in-flight requests may run on after shutdown begins.
     pub drain_timeout: Duration,
+    /// Threads serving connections, each with its own event loop (`http::threads`); by default
+    /// one per core the process may use.
+    pub threads: usize,
 }
 
 impl Default for ServerLimits {
@@ -49,6 +53,7 @@ impl Default for ServerLimits {
             write_stall: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             drain_timeout: Duration::from_secs(10),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -88,6 +93,7 @@ pub async fn serve(
 ) -> io::Result<Drain> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
+    let threads = ConnectionThreads::start(limits.threads)?;
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -113,13 +119,15 @@ pub async fn serve(
                 };
                 match Arc::clone(&slots).try_acquire_owned() {
                     Ok(slot) => {
-                        connections.spawn(conn.serve(stream, slot));
+                        spawn_on_thread(&mut connections, &threads, stream, |stream| {
+                            conn.serve(stream, slot)
+                        });
                     }
                     Err(_) if registry.evict_one() => {
                         // An idle connection was told to go: take its slot when it is free.
                         metrics.evicted_connections.fetch_add(1, Relaxed);
                         let slots = Arc::clone(&slots);
-                        connections.spawn(async move {
+                        spawn_on_thread(&mut connections, &threads, stream, |stream| async move {
                             let slot = tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned());
                             match slot.await {
                                 Ok(Ok(slot)) => conn.serve(stream, slot).await,
@@ -163,6 +171,40 @@ pub async fn serve(
         return Ok(Drain::Cut(cut));
     }
     Ok(Drain::Clean)
+}
+
+/// Moves `stream` to the connection thread serving the fewest (`http::threads`) and runs
+/// `serve` with it there, in `connections` (which drains and aborts across threads alike).
+fn spawn_on_thread<F, Fut>(
+    connections: &mut JoinSet<()>,
+    threads: &ConnectionThreads,
+    stream: TcpStream,
+    serve: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    // the socket leaves this runtime's event loop and joins the thread's
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot hand a connection to its thread; closing it");
+            return;
+        }
+    };
+    let (handle, assigned) = threads.assign();
+    connections.spawn_on(
+        async move {
+            let _assigned = assigned;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve(stream).await,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot register a connection on its thread; closing it");
+                }
+            }
+        },
+        &handle,
+    );
 }
 
 /// One accepted connection and what serving it needs.
