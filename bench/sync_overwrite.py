@@ -49,7 +49,7 @@ MODES = {
 def run(mode):
     write, before = MODES[mode]
     buf = mmap.mmap(-1, write)
-    buf.write(os.urandom(HEAD + PIECE if write > PIECE else PIECE))
+    buf.write(os.urandom(min(write, HEAD + PIECE)))  # the record; padding stays zero
     fd = os.open(PATH, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         size = OPS * write

@@ -13,5 +13,6 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod process_metrics;
+pub mod runtime;
 pub mod store;
 pub mod stream_id;

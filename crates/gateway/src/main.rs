@@ -71,13 +71,12 @@ fn main() -> ExitCode {
             tracing::warn!(%warning, "backtrace policy");
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Blocking work (fsync-free file reads, token stats, profile dumps) queues instead of
-        // growing to tokio's default of 512 threads, each with stacks and allocator caches.
-        .max_blocking_threads(MAX_BLOCKING_THREADS)
-        .on_thread_stop(memwatch::flush_thread)
-        .build()
+    // Blocking work: fsync-free file reads, token stats, profile dumps.
+    let runtime = match engine_gateway::runtime::configure(
+        &mut tokio::runtime::Builder::new_multi_thread(),
+        MAX_BLOCKING_THREADS,
+    )
+    .build()
     {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -5,9 +5,9 @@
 //! task while that task runs, once per body frame, and the multi-thread scheduler then requeues
 //! it as a yield and wakes an idle worker, which steals it. On the reference VM (2 cores) one
 //! stream cost 7 context switches and 21 system calls per 64 KiB PATCH that way, the two
-//! workers taking turns on one connection. Pinned, in alternated rounds: 16 % less CPU per GiB
-//! at one stream, 8 % at 64, 9 % at 1,024, and 7–13 % more throughput (bench/README.md, "One
-//! stream, call by call"). What it gives up: a thread busy with its connections cannot hand
+//! workers taking turns on one connection. Pinned, in alternated rounds: 24 % less CPU per GiB
+//! at one stream, 9 % at 64, 11 % at 256, 6 % at 1,024 (bench/README.md, "One stream, call by
+//! call"). What it gives up: a thread busy with its connections cannot hand
 //! them to an idle one. Everything else (accepting, the store's writer, NATS, background work)
 //! stays on the main runtime.
 
@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
-/// Blocking-pool threads each connection thread may start (store reads, token files): the
-/// main runtime's pool is the same size, and these are started only when needed.
+/// Blocking-pool threads each connection thread may start (store reads, token files), half
+/// the main runtime's; they are started only when needed.
 const MAX_BLOCKING_THREADS: usize = 16;
 
 /// How long a stopping thread waits for its blocking work before leaving it behind.
@@ -61,11 +61,11 @@ impl ConnectionThreads {
                 std::thread::Builder::new()
                     .name(format!("egw-conn-{i}"))
                     .spawn(move || {
-                        let runtime = match Builder::new_current_thread()
-                            .enable_all()
-                            .max_blocking_threads(MAX_BLOCKING_THREADS)
-                            .on_thread_stop(memwatch::flush_thread)
-                            .build()
+                        let runtime = match crate::runtime::configure(
+                            &mut Builder::new_current_thread(),
+                            MAX_BLOCKING_THREADS,
+                        )
+                        .build()
                         {
                             Ok(runtime) => runtime,
                             Err(err) => {
