@@ -277,6 +277,12 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
         "store {shown}: {} segments, {} records, {} bytes read",
         check.segments, check.records, check.bytes
     );
+    if check.prepared_bytes > 0 {
+        println!(
+            "log end: followed by {} zero bytes written ahead of it (not data; the store was not closed cleanly)",
+            check.prepared_bytes
+        );
+    }
     if check.torn_tail_bytes > 0 {
         println!(
             "torn last write: {} bytes at the end of the log, never acknowledged; the next open cuts them (to quarantine)",

@@ -294,6 +294,9 @@ async fn child_main(dir: PathBuf, mode: String) {
         checkpoint_interval: Duration::from_secs(3600),
         ..config(&dir)
     };
+    if mode == "prepared" {
+        return prepared_child(dir).await;
+    }
     let store = Arc::new(open(config).await.unwrap());
     let replay = mode == "replay";
     let streams = if replay { 3 } else { 4 };
@@ -336,6 +339,97 @@ async fn child_main(dir: PathBuf, mode: String) {
     drop(out);
     // wait to be killed, without closing the store
     tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// The child of `zeros_written_ahead_of_the_log_survive_kill_9`: one stream of small appends
+/// into a segment large enough for the writer to write zeros ahead of the log's end; announces
+/// DONE once it has (its metrics say so), and waits to be killed.
+async fn prepared_child(dir: PathBuf) {
+    let config = EmbeddedConfig {
+        segment_bytes: 64 << 20,
+        ..EmbeddedConfig::new(&dir)
+    };
+    let store = open(config).await.unwrap();
+    let id = sid("s0");
+    let mut offset = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut round = 0u64;
+    loop {
+        let len = 1 + (round * 7919) % 16_384;
+        let data: Vec<u8> = (offset..offset + len).map(|o| content(0, o)).collect();
+        offset = store
+            .append(&id, offset, Bytes::from(data), false)
+            .await
+            .unwrap()
+            .offset;
+        println!("ACK 0 {offset}");
+        round += 1;
+        let mut metrics = String::new();
+        store.write_metrics(&mut metrics);
+        let prepared = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("engine_gateway_store_prepared_bytes_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if round >= 50 && prepared >= 2 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no zeros written ahead: {metrics}");
+    }
+    println!("DONE");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// Bytes of zeros ending `path`.
+fn zero_tail(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.iter().rev().take_while(|&&b| b == 0).count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_written_ahead_of_the_log_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_child(dir.path(), "prepared");
+    let (acks, _child) = read_acks(child, |line| line == "DONE");
+    let last = last_segment(dir.path());
+    let zeros = zero_tail(&last);
+    assert!(zeros >= 1 << 20, "{zeros} zero bytes end the log");
+    let config = || EmbeddedConfig {
+        segment_bytes: 64 << 20,
+        ..EmbeddedConfig::new(dir.path())
+    };
+    // not damage, not a torn write: zeros ahead of the end
+    let checked = engine_gateway::store::embedded::check(&config()).unwrap();
+    assert!(checked.damage.is_empty(), "{}", checked.damage);
+    assert_eq!(checked.torn_tail_bytes, 0);
+    assert_eq!(checked.prepared_bytes, zeros);
+    // a write torn over them: cut as one, the zeros after it ignored
+    let len = std::fs::metadata(&last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x5A; 3000], len - zeros).unwrap();
+    drop(file);
+    let checked = engine_gateway::store::embedded::check(&config()).unwrap();
+    assert!(checked.damage.is_empty(), "{}", checked.damage);
+    assert_eq!(checked.torn_tail_bytes, 3000);
+    let store = open(config()).await.unwrap();
+    assert_eq!(store.recovery().truncated_bytes, 3000);
+    verify(&store, &acks).await;
+    let length = store.head(&sid("s0")).await.unwrap().length;
+    let next: Vec<u8> = (length..length + 100).map(|o| content(0, o)).collect();
+    store
+        .append(&sid("s0"), length, Bytes::from(next), false)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    // closed cleanly, the file ends with the log
+    assert!(zero_tail(&last) < 64, "{} zero bytes left", zero_tail(&last));
+    let store = open(config()).await.unwrap();
+    assert_eq!(store.recovery().truncated_bytes, 0);
+    let data = read_to_end(&store, &sid("s0"), "after reopen").await;
+    assert_eq!(data.len() as u64, length + 100);
+    check_content(0, &data);
+    store.close().await.unwrap();
 }
 
 fn spawn_child(dir: &Path, mode: &str) -> Child {

@@ -24,7 +24,7 @@ use tracing::{error, info};
 use super::Shared;
 use super::index::{Snapshot, Tables, db_err};
 use super::log::{self, APPEND_DATA_OFFSET, Record, SegmentId};
-use super::scan::{self, Event};
+use super::scan::{self, Event, Tail};
 use crate::store::{ErrorKind, StoreError};
 
 /// What one compaction pass did.
@@ -109,7 +109,7 @@ fn compact_one(shared: &Shared, id: SegmentId) -> Result<u64, StoreError> {
     {
         let txn = shared.db.begin_read().map_err(db_err)?;
         let snapshot = Snapshot::new(&txn)?;
-        scan::walk(dir, &[id], (id.number, 0), |event| {
+        scan::walk(dir, &[id], (id.number, 0), Tail::Exact, |event| {
             let Event::Record { record, pos, .. } = event else {
                 damaged = true;
                 return Ok(());

@@ -23,6 +23,8 @@ pub(super) struct Metrics {
     /// Batches of one committed by the request's own task (the only append in flight).
     pub(super) inline_batches: AtomicU64,
     pub(super) fsyncs: AtomicU64,
+    /// Zero bytes written ahead of the log's end (`SegmentWriter::prepare`).
+    pub(super) prepared_bytes: AtomicU64,
     pub(super) appended_bytes: AtomicU64,
     pub(super) checkpoints: AtomicU64,
     /// Reads refused because a record failed its checksum.
@@ -44,6 +46,7 @@ impl Metrics {
             batches: AtomicU64::new(0),
             inline_batches: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            prepared_bytes: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
@@ -75,6 +78,12 @@ impl Metrics {
                 "fsyncs_total",
                 "fdatasync calls on log segments",
                 &self.fsyncs,
+            ),
+            (
+                "prepared_bytes_total",
+                "zero bytes written ahead of the log's end while batches are small, so a sync \
+                 writes only data",
+                &self.prepared_bytes,
             ),
             (
                 "appended_bytes_total",

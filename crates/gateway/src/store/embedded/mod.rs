@@ -222,6 +222,7 @@ impl EmbeddedStore {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_write: Duration::ZERO,
+            prepare: writer::Prepare::new(tx.downgrade()),
         }));
         let thread = WriterThread {
             rx,

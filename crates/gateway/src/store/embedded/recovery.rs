@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::index::{Tables, db_err};
 use super::log::{self, Record, SegmentId};
 use super::metrics::RecoveryReport;
-use super::scan::{self, DamageReport, Event, Region};
+use super::scan::{self, DamageReport, Event, Region, Tail};
 use crate::store::{ErrorKind, StoreError};
 
 /// What recovery found: where the writer continues, the next stream key, the report.
@@ -91,7 +91,7 @@ fn replay(tables: &mut Tables<'_>, dir: &Path, max_write: u64) -> Result<Recover
     let mut confirmed = 0;
     let mut damage = DamageReport::default();
     let mut after: HashMap<u64, (String, Option<u64>)> = HashMap::new();
-    let last = scan::walk(dir, &live, from, |event| match event {
+    let last = scan::walk(dir, &live, from, Tail::Prepared, |event| match event {
         Event::Bad(region) => {
             bad.push(region);
             Ok(())

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use super::log::{self, Record, SegmentId};
-use super::scan::{self, DamageReport, Event, Region};
+use super::scan::{self, DamageReport, Event, Region, Tail};
 use super::{EmbeddedConfig, MAX_APPEND_BYTES, index, lock_dir, recovery};
 use crate::store::{StoreError, unix_now};
 
@@ -27,6 +27,9 @@ pub struct CheckReport {
     pub damage: DamageReport,
     /// Unreadable bytes at the very end that the next open cuts as a torn last write.
     pub torn_tail_bytes: u64,
+    /// Zero bytes the writer wrote ahead of the log's end, after its last record (a store not
+    /// closed cleanly); not data, and never damage.
+    pub prepared_bytes: u64,
     pub segments: usize,
     pub records: u64,
     pub bytes: u64,
@@ -100,8 +103,12 @@ pub fn repair(config: &EmbeddedConfig) -> Result<RepairReport, StoreError> {
     Ok(out)
 }
 
+/// The most bytes one write of the writer can leave torn at the log's end: a batch (its last
+/// request may pass the batch limit), or zeros written ahead of the end over ones written
+/// before (on ext4 without a journal, blocks allocated but not yet written can read as old
+/// bytes after a crash).
 pub(super) fn max_write(config: &EmbeddedConfig) -> u64 {
-    (config.max_batch_bytes + MAX_APPEND_BYTES) as u64 + (64 << 10)
+    (config.max_batch_bytes + MAX_APPEND_BYTES) as u64 + (64 << 10) + log::PREPARED_MAX
 }
 
 /// The checkpoint the index committed, if there is an index.
@@ -149,7 +156,7 @@ fn analyze(config: &EmbeddedConfig) -> Result<Analysis, StoreError> {
     // bytes before the index's durable checkpoint were acknowledged: never a torn write
     let checkpoint = durable_checkpoint(config)?;
     let from = (live.first().map_or(0, |s| s.number), 0);
-    let last = scan::walk(dir, &live, from, |event| {
+    let last = scan::walk(dir, &live, from, Tail::Prepared, |event| {
         match event {
             Event::Bad(region) => {
                 if let Some((kind, key, word)) = region.claimed
@@ -200,6 +207,12 @@ fn analyze(config: &EmbeddedConfig) -> Result<Analysis, StoreError> {
         report.torn_tail_bytes = region.len;
         regions.clear();
         dirty.clear();
+    }
+    if let Some((segment, len)) = last {
+        let file_len = fs::metadata(segment.path(dir))
+            .map_err(|e| StoreError::internal(format!("reading the size of {segment}: {e}")))?
+            .len();
+        report.prepared_bytes = file_len.saturating_sub(len);
     }
     report.damage.regions = regions;
     Ok(Analysis { report, why, dirty })
@@ -284,7 +297,7 @@ fn rewrite(
     let source = File::open(segment.path(dir))?;
     let (mut qpos, mut buf) = (0u64, Vec::new());
     let mut io_error = None;
-    let walked = scan::walk(dir, &[segment], (segment.number, 0), |event| {
+    let walked = scan::walk(dir, &[segment], (segment.number, 0), Tail::Exact, |event| {
         let result = (|| -> std::io::Result<()> {
             let (what, pos) = match event {
                 Event::Record { record, pos, .. } => {

@@ -37,22 +37,35 @@ pub(super) enum Event<'a> {
     Bad(Region),
 }
 
+/// How a walk treats zeros ending the last segment walked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tail {
+    /// A run of at most [`log::PREPARED_MAX`] zero bytes ending the last segment is the
+    /// writer's prepared end (see [`log::SegmentWriter::prepare`]): not part of the log, and
+    /// not reported. The store's own log, at open and in `store check`.
+    Prepared,
+    /// Every byte of every segment is the log's (one segment rewritten or compacted).
+    Exact,
+}
+
 /// Walks `segments` (one generation per number, ascending), starting at `from` = (segment
 /// number, position), calling `f` for every record and unreadable region. Returns the last
-/// segment walked with its file length.
+/// segment walked with the length of the log in it (its file length, less a prepared end).
 pub(super) fn walk(
     dir: &Path,
     segments: &[SegmentId],
     from: (u64, u64),
+    tail: Tail,
     mut f: impl FnMut(Event<'_>) -> Result<(), StoreError>,
 ) -> Result<Option<(SegmentId, u64)>, StoreError> {
     let io_err =
         |what: &str, id: SegmentId, e: io::Error| StoreError::internal(format!("{what} {id}: {e}"));
     let mut last = None;
     let mut payload = Vec::new();
+    let last_id = segments.last().copied();
     for &id in segments.iter().filter(|s| s.number >= from.0) {
         let file = File::open(id.path(dir)).map_err(|e| io_err("opening segment", id, e))?;
-        let file_len = file
+        let mut file_len = file
             .metadata()
             .map_err(|e| io_err("reading the size of segment", id, e))?
             .len();
@@ -83,6 +96,14 @@ pub(super) fn walk(
                 Ok(None) => {
                     let next = log::find_next_record(&file, pos, file_len)
                         .map_err(|e| io_err("reading segment", id, e))?;
+                    if next.is_none() && tail == Tail::Prepared && Some(id) == last_id {
+                        // the log ends where the zeros written ahead of it start
+                        file_len = log::zero_tail_start(&file, pos, file_len, log::PREPARED_MAX)
+                            .map_err(|e| io_err("reading segment", id, e))?;
+                        if pos == file_len {
+                            break;
+                        }
+                    }
                     let end = next.unwrap_or(file_len);
                     let claimed = claimed(&file, pos, end).map_err(|e| io_err("reading", id, e))?;
                     f(Event::Bad(Region {

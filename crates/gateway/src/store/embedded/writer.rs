@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use super::Shared;
 use super::index::{Meta, Tables, db_err};
-use super::log::{Batch, Record, SegmentWriter, is_no_space};
+use super::log::{Batch, PREPARE_STEP, Record, SegmentWriter, is_no_space};
 use crate::store::{Appended, ErrorKind, StoreError, unix_now};
 use crate::stream_id::StreamId;
 
@@ -40,6 +40,9 @@ pub(super) enum Request {
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Write zeros ahead of the log's end, if still wanted (sent by an inline commit, which
+    /// must not do it on the request's time; see [`Writer::prepare`]).
+    Prepare,
 }
 
 impl Request {
@@ -61,6 +64,7 @@ impl Request {
             Request::Delete { reply, .. } | Request::Close { reply } => {
                 let _ = reply.send(result.map(|_| ()));
             }
+            Request::Prepare => {}
         }
     }
 }
@@ -92,7 +96,7 @@ impl Spec {
         let (name, data): (&str, &[u8]) = match request {
             Request::Append { id, data, .. } => (id.as_str(), data),
             Request::Delete { id, .. } => (id.as_str(), &[]),
-            Request::Close { .. } => ("", &[]),
+            Request::Close { .. } | Request::Prepare => ("", &[]),
         };
         match self {
             Spec::Create { key } => Record::Create { key, time, name },
@@ -126,6 +130,40 @@ pub(super) struct Writer {
     pub(super) last_checkpoint: Instant,
     /// How long the last batch's write and sync took.
     pub(super) last_write: Duration,
+    pub(super) prepare: Prepare,
+}
+
+/// Batches are "small" (worth writing zeros ahead of the log's end for) while their moving
+/// average stays below this: at one to four 64 KiB streams, where a sync per chunk is the
+/// cost. Larger batches already spread a sync over enough bytes, and the zeros would double
+/// the disk's write traffic where it is busy.
+const PREPARE_BELOW_BATCH: u64 = 256 << 10;
+
+/// After a failed [`Writer::prepare`] (a full disk), the next try waits this long.
+const PREPARE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// When the writer writes zeros ahead of the log's end.
+pub(super) struct Prepare {
+    /// The writer thread's queue, for an inline commit to hand the work over; weak, so the
+    /// queue still closes when every store handle is gone.
+    pub(super) queue: mpsc::WeakSender<Request>,
+    /// A [`Request::Prepare`] is queued.
+    pub(super) queued: bool,
+    /// Moving average of the bytes per batch (1/8 weight for the newest).
+    pub(super) batch_bytes: u64,
+    /// No try before this, after a failure.
+    pub(super) not_before: Option<Instant>,
+}
+
+impl Prepare {
+    pub(super) fn new(queue: mpsc::WeakSender<Request>) -> Self {
+        Prepare {
+            queue,
+            queued: false,
+            batch_bytes: u64::MAX,
+            not_before: None,
+        }
+    }
 }
 
 /// The writer thread: takes queued requests and commits them in batches.
@@ -154,11 +192,13 @@ impl WriterThread {
             let mut close = None;
             match first {
                 Request::Close { reply } => close = Some(reply),
+                Request::Prepare => writer.prepare.queued = false,
                 other => batch.push(other),
             }
             while close.is_none() && bytes < writer.config.max_batch_bytes {
                 match self.rx.try_recv() {
                     Ok(Request::Close { reply }) => close = Some(reply),
+                    Ok(Request::Prepare) => writer.prepare.queued = false,
                     Ok(request) => {
                         bytes += request.size();
                         batch.push(request);
@@ -169,7 +209,14 @@ impl WriterThread {
             if !batch.is_empty() {
                 writer.process(&mut batch);
             }
+            if close.is_none() && writer.wants_prepare() {
+                // the batch is answered: only requests arriving meanwhile wait for this
+                writer.prepare();
+            }
             if let Some(reply) = close {
+                if let Err(err) = writer.segment.trim() {
+                    warn!(error = %err, "store log: cutting the zeros written ahead of its end failed; the next open ignores them");
+                }
                 let result = writer.checkpoint();
                 drop(writer);
                 self.rx.close();
@@ -202,7 +249,54 @@ impl Writer {
         }
         writer.process(&mut vec![request]);
         writer.shared.metrics.inline_batches.fetch_add(1, Relaxed);
+        if !writer.prepare.queued && writer.wants_prepare() {
+            // on the writer thread, not on this request's time; a full queue has work for it
+            // anyway, and the next batch asks again
+            if let Some(queue) = writer.prepare.queue.upgrade()
+                && queue.try_send(Request::Prepare).is_ok()
+            {
+                writer.prepare.queued = true;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether to write zeros ahead of the log's end now: batches are small, the zeros ahead
+    /// run short, the segment has room for more, and the last try did not fail recently.
+    fn wants_prepare(&self) -> bool {
+        let prepare = &self.prepare;
+        prepare.batch_bytes < PREPARE_BELOW_BATCH
+            && self.segment.ahead() < PREPARE_STEP
+            && self.segment.pos() + self.segment.ahead() + PREPARE_STEP <= self.config.segment_bytes
+            && prepare.not_before.is_none_or(|t| Instant::now() >= t)
+            && !self.shared.failed.load(SeqCst)
+            && !self.shared.closed.load(SeqCst)
+    }
+
+    /// Writes [`PREPARE_STEP`] zeros ahead of the log's end (see [`SegmentWriter::prepare`]),
+    /// unless that would eat into the disk's reserve.
+    fn prepare(&mut self) {
+        let free = super::space::free_bytes(self.segment.file()).unwrap_or(0);
+        let result = if free < self.config.reserve_bytes + 2 * PREPARE_STEP {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            self.segment.prepare()
+        };
+        match result {
+            Ok(()) => {
+                self.prepare.not_before = None;
+                self.shared
+                    .metrics
+                    .prepared_bytes
+                    .fetch_add(PREPARE_STEP, Relaxed);
+            }
+            Err(err) => {
+                if !is_no_space(&err) {
+                    warn!(error = %err, segment = %self.segment.id(), "store log: writing zeros ahead of its end failed; appends go on without");
+                }
+                self.prepare.not_before = Some(Instant::now() + PREPARE_BACKOFF);
+            }
+        }
     }
 
     /// Commits the index durably with the current log position.
@@ -282,7 +376,7 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Request::Append { id, .. } | Request::Delete { id, .. } => Some(id.to_string()),
-                Request::Close { .. } => None,
+                Request::Close { .. } | Request::Prepare => None,
             })
             .collect();
         // wake followers before answering, so a wait started after an append returned is not
@@ -302,7 +396,7 @@ impl Writer {
                     .flatten()
                     .map(|i| i.length)
             }
-            Request::Close { .. } => None,
+            Request::Close { .. } | Request::Prepare => None,
         };
         StoreError::insufficient_storage(err.to_string(), committed.or(Some(0)))
     }
@@ -324,8 +418,9 @@ impl Writer {
         let now = unix_now();
         // bytes appends may still take on disk; deletes and seals pass regardless (they are
         // tiny, and deletes are how an operator frees space)
+        // (the zeros written ahead of the log's end are room already taken)
         let mut room = super::space::free_bytes(self.segment.file()).map_or(u64::MAX, |free| {
-            free.saturating_sub(self.config.reserve_bytes)
+            (free + self.segment.ahead()).saturating_sub(self.config.reserve_bytes)
         });
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut ops: Vec<(usize, Spec, u64, u64)> = Vec::new();
@@ -426,6 +521,12 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.segment.release_behind(self.config.cached_tail_bytes);
+                let average = &mut self.prepare.batch_bytes;
+                *average = if *average == u64::MAX {
+                    len as u64
+                } else {
+                    (*average * 7 + len as u64) / 8
+                };
                 let metrics = &self.shared.metrics;
                 metrics.fsyncs.fetch_add(1, Relaxed);
                 metrics
@@ -467,7 +568,7 @@ fn validate<'b>(
     let mut specs = [None; 3];
     let (id, name) = match request {
         Request::Append { id, .. } | Request::Delete { id, .. } => (id, id.as_str()),
-        Request::Close { .. } => return Ok((Ok(None), specs)),
+        Request::Close { .. } | Request::Prepare => return Ok((Ok(None), specs)),
     };
     let meta = match pending.get(name) {
         Some(meta) => *meta,
@@ -539,6 +640,6 @@ fn validate<'b>(
             pending.insert(name, None);
             Ok((Ok(None), specs))
         }
-        Request::Close { .. } => Ok((Ok(None), specs)),
+        Request::Close { .. } | Request::Prepare => Ok((Ok(None), specs)),
     }
 }
