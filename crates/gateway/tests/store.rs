@@ -371,10 +371,13 @@ async fn prepared_child(dir: PathBuf) {
             .find_map(|l| l.strip_prefix("engine_gateway_store_prepared_bytes_total "))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        if round >= 50 && prepared >= 2 << 20 {
+        if round >= 50 && prepared >= 1 << 20 {
             break;
         }
-        assert!(Instant::now() < deadline, "no zeros written ahead: {metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "no zeros written ahead: {metrics}"
+        );
     }
     println!("DONE");
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -393,7 +396,7 @@ async fn zeros_written_ahead_of_the_log_survive_kill_9() {
     let (acks, _child) = read_acks(child, |line| line == "DONE");
     let last = last_segment(dir.path());
     let zeros = zero_tail(&last);
-    assert!(zeros >= 1 << 20, "{zeros} zero bytes end the log");
+    assert!(zeros >= 256 << 10, "{zeros} zero bytes end the log");
     let config = || EmbeddedConfig {
         segment_bytes: 64 << 20,
         ..EmbeddedConfig::new(dir.path())
@@ -423,7 +426,11 @@ async fn zeros_written_ahead_of_the_log_survive_kill_9() {
     store.close().await.unwrap();
     drop(store);
     // closed cleanly, the file ends with the log
-    assert!(zero_tail(&last) < 64, "{} zero bytes left", zero_tail(&last));
+    assert!(
+        zero_tail(&last) < 64,
+        "{} zero bytes left",
+        zero_tail(&last)
+    );
     let store = open(config()).await.unwrap();
     assert_eq!(store.recovery().truncated_bytes, 0);
     let data = read_to_end(&store, &sid("s0"), "after reopen").await;

@@ -356,6 +356,7 @@ async fn run_scenario(
         None => false,
     };
     let stat_before = read_stat(pid).await;
+    let client_before = read_stat(Some(std::process::id())).await;
     let sampler = pid
         .map(|pid| RssSampler::start(pid, config.rss_interval))
         .transpose()
@@ -385,6 +386,7 @@ async fn run_scenario(
         None => None,
     };
     let stat_after = read_stat(pid).await;
+    let client_after = read_stat(Some(std::process::id())).await;
     let gib = load.acked_bytes as f64 / f64::from(1u32 << 30);
     let used = stat_before
         .zip(stat_after)
@@ -392,6 +394,11 @@ async fn run_scenario(
         .map(|(a, b)| a.until(b));
     let mib_s = mib_per_s(load.acked_bytes, load.elapsed);
     let secs = load.elapsed.as_secs_f64();
+    let cores = |used: Option<crate::procmem::ProcStat>| {
+        used.filter(|_| secs > 0.0)
+            .map(|u| u.cpu.as_secs_f64() / secs)
+    };
+    let client_used = client_before.zip(client_after).map(|(a, b)| a.until(b));
     let sampled_max = sampled
         .filter(|s| s.samples > 0)
         .map(|s| mib(s.max_rss_bytes));
@@ -417,6 +424,8 @@ async fn run_scenario(
         rss_samples: sampled.map_or(0, |s| s.samples),
         cpu_s_per_gib: used.map(|u| u.cpu.as_secs_f64() / gib),
         minor_faults_per_gib: used.map(|u| u.minor_faults as f64 / gib),
+        server_cores: cores(used),
+        client_cores: cores(client_used),
     })
 }
 

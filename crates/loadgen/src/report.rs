@@ -83,6 +83,11 @@ pub struct ScenarioResult {
     pub cpu_s_per_gib: Option<f64>,
     /// The server's minor page faults during the scenario, per GiB acknowledged.
     pub minor_faults_per_gib: Option<f64>,
+    /// The server's CPU seconds over the scenario's seconds: cores it kept busy.
+    pub server_cores: Option<f64>,
+    /// The same for this benchmark process (the load client): with the server's, whether the
+    /// machine had CPU left, i.e. whether the disk or the CPU was the limit.
+    pub client_cores: Option<f64>,
 }
 
 impl Report {
@@ -122,13 +127,13 @@ impl Report {
         );
         let _ = writeln!(md, "- peak RSS: {}\n", s.peak_rss_method);
         md.push_str(
-            "| scenario | MiB/s | share of limit | x per-chunk sync | CPU-s/GiB | minor faults/GiB | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | sampled max RSS MiB | errors |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| scenario | MiB/s | share of limit | x per-chunk sync | CPU-s/GiB | server / client cores | minor faults/GiB | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | sampled max RSS MiB | errors |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for raw in [&self.limit, &self.raw] {
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.2} | {:.2} | {} | - | {:.0} | {:.2} | {:.2} | {:.2} | - | - | 0 |",
+                "| {} | {:.1} | {:.2} | {:.2} | {} | - | - | {:.0} | {:.2} | {:.2} | {:.2} | - | - | 0 |",
                 raw.label,
                 raw.mib_per_s,
                 ratio(raw.mib_per_s, self.limit.mib_per_s),
@@ -149,13 +154,15 @@ impl Report {
         for (label, sc) in rows.chain(sink_rows) {
             let _ = writeln!(
                 md,
-                "| {label}{} stream{} | {:.1} | {:.2} | {:.2} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {}{} | {} | {} |",
+                "| {label}{} stream{} | {:.1} | {:.2} | {:.2} | {} | {} / {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {}{} | {} | {} |",
                 sc.streams,
                 if sc.streams == 1 { "" } else { "s" },
                 sc.mib_per_s,
                 sc.share_of_limit,
                 sc.ratio_to_raw,
                 num_cell(sc.cpu_s_per_gib, 2),
+                num_cell(sc.server_cores, 2),
+                num_cell(sc.client_cores, 2),
                 num_cell(sc.minor_faults_per_gib, 0),
                 sc.requests_per_s,
                 sc.latency.p50_ms,
@@ -299,6 +306,8 @@ mod tests {
                 rss_samples: 500,
                 cpu_s_per_gib: Some(0.9),
                 minor_faults_per_gib: Some(1500.0),
+                server_cores: Some(1.25),
+                client_cores: Some(0.5),
             }],
             sinks: Vec::new(),
         }
@@ -311,11 +320,11 @@ mod tests {
         assert_eq!(rows.len(), 4, "{md}");
         assert_eq!(
             rows[3],
-            "| 64 streams | 150.0 | 0.25 | 0.75 | 0.90 | 1500 | 2400 | 1.50 | 12.25 | 24.50 | 48.0 | 47.5 | 3 |"
+            "| 64 streams | 150.0 | 0.25 | 0.75 | 0.90 | 1.25 / 0.50 | 1500 | 2400 | 1.50 | 12.25 | 24.50 | 48.0 | 47.5 | 3 |"
         );
         assert_eq!(
             rows[1],
-            "| disk limit: fdatasync per 8 MiB | 600.0 | 1.00 | 3.00 | 0.50 | - | 200 | 0.30 | 0.90 | 1.80 | - | - | 0 |"
+            "| disk limit: fdatasync per 8 MiB | 600.0 | 1.00 | 3.00 | 0.50 | - | - | 200 | 0.30 | 0.90 | 1.80 | - | - | 0 |"
         );
         assert!(
             md.contains("idle RSS: 12.2 MiB") || md.contains("idle RSS: 12.3 MiB"),
