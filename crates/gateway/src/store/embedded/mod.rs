@@ -144,7 +144,8 @@ struct Shared {
     failed: AtomicBool,
     /// Free bytes appends leave untouched (`EmbeddedConfig::reserve_bytes`).
     reserve_bytes: u64,
-    /// Size of the largest append refused for lack of space since the last stored one (0: none):
+    /// Disk bytes (`writer::disk_bytes`) of the largest append refused for lack of space since
+    /// the last stored one (0: none):
     /// `/readyz` reports not ready until that much is free above the reserve.
     refused_need: AtomicU64,
     /// Segment number of the writer's last durable checkpoint: compaction stays below it.

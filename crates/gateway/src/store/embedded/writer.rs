@@ -359,7 +359,7 @@ impl Writer {
                 match outcome {
                     Err(e) if e.kind() == ErrorKind::InsufficientStorage => {
                         refused += 1;
-                        need = need.max(data.len() as u64);
+                        need = need.max(disk_bytes(data.len()));
                     }
                     Ok(_) if !data.is_empty() => stored = true,
                     _ => {}
@@ -553,6 +553,12 @@ impl Writer {
     }
 }
 
+/// Disk bytes an append of `len` bytes may take: its record, a create and a seal. The room
+/// check and `/readyz` use the same figure, so a disk one append short of room is not ready.
+fn disk_bytes(len: usize) -> u64 {
+    2 * super::log::HEADER_LEN as u64 + 64 + len as u64
+}
+
 /// The outcome of one request and the records it needs (at most create, append, seal).
 type Validated = (Result<Option<Appended>, StoreError>, [Option<Spec>; 3]);
 
@@ -599,7 +605,7 @@ fn validate<'b>(
                 Some(m) => m,
             };
             if !data.is_empty() {
-                let need = 2 * super::log::HEADER_LEN as u64 + 64 + data.len() as u64;
+                let need = disk_bytes(data.len());
                 if need > *room {
                     let err = StoreError::insufficient_storage(
                         format!(
