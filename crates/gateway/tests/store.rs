@@ -439,6 +439,54 @@ async fn zeros_written_ahead_of_the_log_survive_kill_9() {
     store.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_of_a_segment_ending_in_zeros_ahead_quarantines_only_the_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_child(dir.path(), "prepared");
+    let (acks, _child) = read_acks(child, |line| line == "DONE");
+    let last = last_segment(dir.path());
+    let zeros = zero_tail(&last);
+    assert!(zeros >= 256 << 10, "{zeros} zero bytes end the log");
+    let len = std::fs::metadata(&last).unwrap().len();
+    // a flipped byte in the middle of the log
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&last)
+        .unwrap();
+    let at = (len - zeros) / 2;
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0xFF], at).unwrap();
+    drop(file);
+    let config = EmbeddedConfig {
+        segment_bytes: 64 << 20,
+        ..EmbeddedConfig::new(dir.path())
+    };
+    let repaired = engine_gateway::store::embedded::repair(&config).unwrap();
+    assert!(!repaired.check.damage.is_empty());
+    assert_eq!(repaired.check.prepared_bytes, zeros);
+    // the damaged record and the stream's records after it, not the zeros
+    assert!(
+        repaired.quarantined_bytes < len - zeros,
+        "quarantined {} bytes of a {}-byte log",
+        repaired.quarantined_bytes,
+        len - zeros
+    );
+    let manifest = std::fs::read_to_string(repaired.quarantine.unwrap().join("manifest.txt"));
+    let unreadable = manifest
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with("unreadable bytes"))
+        .count();
+    assert_eq!(unreadable, 1, "one unreadable region");
+    let store = open(config).await.unwrap();
+    let data = read_to_end(&store, &sid("s0"), "after repair").await;
+    check_content(0, &data);
+    assert!((data.len() as u64) < acks.last().unwrap().1);
+    store.close().await.unwrap();
+}
+
 fn spawn_child(dir: &Path, mode: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])

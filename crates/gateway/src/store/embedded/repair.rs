@@ -131,6 +131,8 @@ struct Analysis {
     why: HashMap<(SegmentId, u64), String>,
     /// Segments holding anything to quarantine.
     dirty: BTreeSet<SegmentId>,
+    /// The last segment: the only one that may end in zeros written ahead of the log.
+    last: Option<SegmentId>,
 }
 
 struct KeyState {
@@ -215,7 +217,12 @@ fn analyze(config: &EmbeddedConfig) -> Result<Analysis, StoreError> {
         report.prepared_bytes = file_len.saturating_sub(len);
     }
     report.damage.regions = regions;
-    Ok(Analysis { report, why, dirty })
+    Ok(Analysis {
+        report,
+        why,
+        dirty,
+        last: last.map(|(segment, _)| segment),
+    })
 }
 
 /// Whether an intact record must go to quarantine (and why), tracking each stream's length
@@ -297,7 +304,13 @@ fn rewrite(
     let source = File::open(segment.path(dir))?;
     let (mut qpos, mut buf) = (0u64, Vec::new());
     let mut io_error = None;
-    let walked = scan::walk(dir, &[segment], (segment.number, 0), Tail::Exact, |event| {
+    // the zeros ending the last segment are not log bytes: neither kept nor quarantined
+    let tail = if analysis.last == Some(segment) {
+        Tail::Prepared
+    } else {
+        Tail::Exact
+    };
+    let walked = scan::walk(dir, &[segment], (segment.number, 0), tail, |event| {
         let result = (|| -> std::io::Result<()> {
             let (what, pos) = match event {
                 Event::Record { record, pos, .. } => {

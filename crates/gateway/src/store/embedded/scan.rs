@@ -42,9 +42,9 @@ pub(super) enum Event<'a> {
 pub(super) enum Tail {
     /// A run of at most [`log::PREPARED_MAX`] zero bytes ending the last segment is the
     /// writer's prepared end (see [`log::SegmentWriter::prepare`]): not part of the log, and
-    /// not reported. The store's own log, at open and in `store check`.
+    /// not reported. The store's whole log (at open, `store check`), or its last segment.
     Prepared,
-    /// Every byte of every segment is the log's (one segment rewritten or compacted).
+    /// Every byte of every segment is the log's (a closed segment rewritten or compacted).
     Exact,
 }
 

@@ -1,7 +1,8 @@
 //! The group-commit writer thread: validates queued requests, writes their log records with
 //! `pwritev`s straight from the requests' buffers and one fdatasync per batch, then updates the
 //! index and answers. Checksums of the data are computed before a request is queued; the
-//! thread only frames, writes, syncs and indexes.
+//! thread only frames, writes, syncs and indexes. While batches are small it also keeps zeros
+//! written ahead of the log's end ([`Writer::prepare`]), so a sync writes data only.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
