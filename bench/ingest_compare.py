@@ -40,9 +40,9 @@ def main():
               f"{med([r['limit']['cpu_s_per_gib'] for r in reports]):.2f} CPU-s/GiB), one fdatasync "
               f"per chunk {min(raws):.0f}-{max(raws):.0f} MiB/s, idle RSS {med(idle):.1f} MiB")
     print()
-    print("| streams | variant | MiB/s | share of limit | CPU-s/GiB | minor faults/GiB | p50 ms "
-          "| p99 ms | peak RSS MiB | errors |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| streams | variant | MiB/s | share of limit | CPU-s/GiB | server / client cores "
+          "| minor faults/GiB | p50 ms | p99 ms | peak RSS MiB | errors |")
+    print("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     streams = [s["streams"] for s in first["scenarios"]]
     for n in streams:
         for name, reports in variants:
@@ -50,6 +50,8 @@ def main():
             print(f"| {n} | {name} | {med([s['mib_per_s'] for s in rows]):.1f} "
                   f"| {med([s['share_of_limit'] for s in rows]):.2f} "
                   f"| {med([s['cpu_s_per_gib'] for s in rows]):.2f} "
+                  f"| {med([s.get('server_cores') for s in rows]):.2f} / "
+                  f"{med([s.get('client_cores') for s in rows]):.2f} "
                   f"| {med([s['minor_faults_per_gib'] for s in rows]):.0f} "
                   f"| {med([s['latency']['p50_ms'] for s in rows]):.2f} "
                   f"| {med([s['latency']['p99_ms'] for s in rows]):.2f} "
