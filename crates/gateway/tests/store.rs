@@ -355,7 +355,8 @@ async fn prepared_child(dir: PathBuf) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut round = 0u64;
     loop {
-        let len = 1 + (round * 7919) % 16_384;
+        // small appends: below the rate above which the writer writes no zeros ahead
+        let len = 1 + (round * 7919) % 2_048;
         let data: Vec<u8> = (offset..offset + len).map(|o| content(0, o)).collect();
         offset = store
             .append(&id, offset, Bytes::from(data), false)

@@ -135,10 +135,17 @@ pub(super) struct Writer {
 }
 
 /// Batches are "small" (worth writing zeros ahead of the log's end for) while their moving
-/// average stays below this: at one to four 64 KiB streams, where a sync per chunk is the
-/// cost. Larger batches already spread a sync over enough bytes, and the zeros would double
-/// the disk's write traffic where it is busy.
+/// average stays below this: a few streams of small commits, where a sync per commit is the
+/// cost. Larger batches already spread a sync over enough bytes.
 const PREPARE_BELOW_BATCH: u64 = 256 << 10;
+
+/// Zeros are written ahead only while the log grows slower than this: they double the bytes
+/// written, which a slow stream of small commits does not notice (its cost is a sync per
+/// commit), but a fast one would (a cloud volume's throughput cap, an SSD's wear).
+const PREPARE_BELOW_RATE: u64 = 16 << 20;
+
+/// The append rate is measured over windows of this length.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// After a failed [`Writer::prepare`] (a full disk), the next try waits this long.
 const PREPARE_BACKOFF: Duration = Duration::from_secs(10);
@@ -152,6 +159,10 @@ pub(super) struct Prepare {
     pub(super) queued: bool,
     /// Moving average of the bytes per batch (1/8 weight for the newest).
     pub(super) batch_bytes: u64,
+    /// Bytes per second the log grew by over the last whole [`RATE_WINDOW`].
+    pub(super) rate: u64,
+    /// The current window: when it started, bytes written since.
+    pub(super) window: (Instant, u64),
     /// No try before this, after a failure.
     pub(super) not_before: Option<Instant>,
 }
@@ -162,6 +173,8 @@ impl Prepare {
             queue,
             queued: false,
             batch_bytes: u64::MAX,
+            rate: 0,
+            window: (Instant::now(), 0),
             not_before: None,
         }
     }
@@ -262,11 +275,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Whether to write zeros ahead of the log's end now: batches are small, the zeros ahead
-    /// run short, the segment has room for more, and the last try did not fail recently.
+    /// Whether to write zeros ahead of the log's end now: batches are small, the log grows
+    /// slowly, the zeros ahead run short, the segment has room for more, and the last try did
+    /// not fail recently.
     fn wants_prepare(&self) -> bool {
         let prepare = &self.prepare;
         prepare.batch_bytes < PREPARE_BELOW_BATCH
+            && prepare.rate < PREPARE_BELOW_RATE
             && self.segment.ahead() < PREPARE_STEP
             && self.segment.pos() + self.segment.ahead() + PREPARE_STEP <= self.config.segment_bytes
             && prepare.not_before.is_none_or(|t| Instant::now() >= t)
@@ -522,12 +537,18 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.segment.release_behind(self.config.cached_tail_bytes);
-                let average = &mut self.prepare.batch_bytes;
-                *average = if *average == u64::MAX {
+                let prepare = &mut self.prepare;
+                prepare.batch_bytes = if prepare.batch_bytes == u64::MAX {
                     len as u64
                 } else {
-                    (*average * 7 + len as u64) / 8
+                    (prepare.batch_bytes * 7 + len as u64) / 8
                 };
+                prepare.window.1 += len as u64;
+                let elapsed = prepare.window.0.elapsed();
+                if elapsed >= RATE_WINDOW {
+                    prepare.rate = (prepare.window.1 as f64 / elapsed.as_secs_f64()) as u64;
+                    prepare.window = (Instant::now(), 0);
+                }
                 let metrics = &self.shared.metrics;
                 metrics.fsyncs.fetch_add(1, Relaxed);
                 metrics
