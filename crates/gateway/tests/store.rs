@@ -345,11 +345,7 @@ async fn child_main(dir: PathBuf, mode: String) {
 /// into a segment large enough for the writer to write zeros ahead of the log's end; announces
 /// DONE once it has (its metrics say so), and waits to be killed.
 async fn prepared_child(dir: PathBuf) {
-    let config = EmbeddedConfig {
-        segment_bytes: 64 << 20,
-        ..EmbeddedConfig::new(&dir)
-    };
-    let store = open(config).await.unwrap();
+    let store = open(prepared_config(&dir)).await.unwrap();
     let id = sid("s0");
     let mut offset = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -390,18 +386,30 @@ fn zero_tail(path: &Path) -> u64 {
     bytes.iter().rev().take_while(|&&b| b == 0).count() as u64
 }
 
+/// The store of `prepared_child`: a segment large enough for zeros ahead of the log's end.
+fn prepared_config(dir: &Path) -> EmbeddedConfig {
+    EmbeddedConfig {
+        segment_bytes: 64 << 20,
+        ..EmbeddedConfig::new(dir)
+    }
+}
+
+/// Runs `prepared_child` in `dir` until it has written zeros ahead of the log, kills it (-9);
+/// returns its acknowledgements, the last segment, and the zero bytes ending it.
+fn killed_with_zeros_ahead(dir: &Path) -> (Vec<(usize, u64)>, PathBuf, u64) {
+    let child = spawn_child(dir, "prepared");
+    let (acks, _child) = read_acks(child, |line| line == "DONE");
+    let last = last_segment(dir);
+    let zeros = zero_tail(&last);
+    assert!(zeros >= 256 << 10, "{zeros} zero bytes end the log");
+    (acks, last, zeros)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zeros_written_ahead_of_the_log_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let child = spawn_child(dir.path(), "prepared");
-    let (acks, _child) = read_acks(child, |line| line == "DONE");
-    let last = last_segment(dir.path());
-    let zeros = zero_tail(&last);
-    assert!(zeros >= 256 << 10, "{zeros} zero bytes end the log");
-    let config = || EmbeddedConfig {
-        segment_bytes: 64 << 20,
-        ..EmbeddedConfig::new(dir.path())
-    };
+    let (acks, last, zeros) = killed_with_zeros_ahead(dir.path());
+    let config = || prepared_config(dir.path());
     // not damage, not a torn write: zeros ahead of the end
     let checked = engine_gateway::store::embedded::check(&config()).unwrap();
     assert!(checked.damage.is_empty(), "{}", checked.damage);
@@ -443,11 +451,7 @@ async fn zeros_written_ahead_of_the_log_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repair_of_a_segment_ending_in_zeros_ahead_quarantines_only_the_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let child = spawn_child(dir.path(), "prepared");
-    let (acks, _child) = read_acks(child, |line| line == "DONE");
-    let last = last_segment(dir.path());
-    let zeros = zero_tail(&last);
-    assert!(zeros >= 256 << 10, "{zeros} zero bytes end the log");
+    let (acks, last, zeros) = killed_with_zeros_ahead(dir.path());
     let len = std::fs::metadata(&last).unwrap().len();
     // a flipped byte in the middle of the log
     let file = std::fs::OpenOptions::new()
@@ -460,10 +464,7 @@ async fn repair_of_a_segment_ending_in_zeros_ahead_quarantines_only_the_damage()
     std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0xFF], at).unwrap();
     drop(file);
-    let config = EmbeddedConfig {
-        segment_bytes: 64 << 20,
-        ..EmbeddedConfig::new(dir.path())
-    };
+    let config = prepared_config(dir.path());
     let repaired = engine_gateway::store::embedded::repair(&config).unwrap();
     assert!(!repaired.check.damage.is_empty());
     assert_eq!(repaired.check.prepared_bytes, zeros);

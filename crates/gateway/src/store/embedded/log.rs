@@ -415,8 +415,8 @@ pub(super) struct SegmentWriter {
     /// Where the next record goes: the segment's valid length. Advances only after a write
     /// and its fdatasync both succeeded.
     pos: u64,
-    /// The file's length when it is more than `pos`: `pos..prepared` are zeros, written and
-    /// synced ahead of the log's end (see [`SegmentWriter::prepare`]).
+    /// The file's length when it is more than `pos`: `pos..prepared` are zeros written ahead
+    /// of the log's end (see [`SegmentWriter::prepare`]), durable once the next batch syncs.
     prepared: u64,
     /// The kernel was told it may drop the page cache of the segment before this position.
     released_to: u64,
@@ -505,7 +505,7 @@ impl SegmentWriter {
     /// one sync in [`PREPARE_STEP`] / batch size pays for the size. The device has no
     /// write-zeroes and unwritten extents (`fallocate`) still change metadata on their first
     /// write, so zeros are written for real, which doubles the bytes written: the writer
-    /// prepares only while batches are small. The pages stay cached, so a write ending inside
+    /// prepares only while commits are small and slow (`Writer::wants_prepare`). The pages stay cached, so a write ending inside
     /// one does not read it back first. After a crash the zeros (or, before that next sync, the
     /// old bytes of blocks allocated but not yet written) read as a tail the walker knows.
     /// On failure the file is cut back to where it was.
