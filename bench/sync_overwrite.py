@@ -15,7 +15,11 @@ alternated rounds, one writer doing 64 KiB pwrite + fdatasync:
 - fallocate:   into space reserved with posix_fallocate first (unwritten extents: still a
                metadata change per sync);
 - prewritten:  over a file whose blocks were written (zeros) and synced beforehand, so a sync
-               only writes the data (what a log with pre-written or recycled segments would do).
+               only writes the data (what a log with pre-written or recycled segments would do);
+- direct:      64 KiB O_DIRECT writes (no page cache) into a growing file, then fdatasync;
+- direct-prewritten: O_DIRECT writes over pre-written blocks, then fdatasync (left to sync:
+               the disk's write cache flush);
+- dsync-prewritten: O_DIRECT|O_DSYNC writes over pre-written blocks, no separate fdatasync.
 
 Prints a table of medians (MiB/s, CPU-s/GiB of this process, µs per write + fdatasync) and
 writes it to bench/results/sync-overwrite-<date>.md (or OUT). MiB/s and CPU-s/GiB count the
@@ -43,6 +47,15 @@ MODES = {
     "padded": (-(-(HEAD + PIECE) // BLOCK) * BLOCK, None),
     "fallocate": (PIECE, "fallocate"),
     "prewritten": (PIECE, "prewritten"),
+    "direct": (PIECE, None),
+    "direct-prewritten": (PIECE, "prewritten"),
+    "dsync-prewritten": (PIECE, "prewritten"),
+}
+# extra open flags, and whether each write is followed by an fdatasync
+FLAGS = {
+    "direct": (os.O_DIRECT, True),
+    "direct-prewritten": (os.O_DIRECT, True),
+    "dsync-prewritten": (os.O_DIRECT | os.O_DSYNC, False),
 }
 
 
@@ -61,11 +74,16 @@ def run(mode):
         elif before == "fallocate":
             os.posix_fallocate(fd, 0, size)
             os.fsync(fd)
+        flags, sync = FLAGS.get(mode, (0, True))
+        wfd = os.open(PATH, os.O_RDWR | flags) if flags else fd
         t0, w0 = os.times(), time.monotonic()
         for i in range(OPS):
-            os.pwrite(fd, buf, i * write)
-            os.fdatasync(fd)
+            os.pwrite(wfd, buf, i * write)
+            if sync:
+                os.fdatasync(wfd)
         t1, w1 = os.times(), time.monotonic()
+        if flags:
+            os.close(wfd)
     finally:
         os.close(fd)
         os.unlink(PATH)
