@@ -36,7 +36,7 @@ def main():
         raws = [r["raw"]["mib_per_s"] for r in reports]
         idle = [r.get("idle_rss_mib") for r in reports]
         print(f"- {name}: {len(reports)} rounds, {reports[0]['settings']['server']}; disk limit "
-              f"{min(limits):.0f}-{max(limits):.0f} MiB/s (64 KiB writes, fdatasync per 8 MiB, "
+              f"{min(limits):.0f}-{max(limits):.0f} MiB/s ({reports[0]['limit']['label']}, "
               f"{med([r['limit']['cpu_s_per_gib'] for r in reports]):.2f} CPU-s/GiB), one fdatasync "
               f"per chunk {min(raws):.0f}-{max(raws):.0f} MiB/s, idle RSS {med(idle):.1f} MiB")
     print()

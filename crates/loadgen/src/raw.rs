@@ -3,7 +3,9 @@
 //! durable sequential write rate, the ceiling the gateway is measured against).
 //!
 //! This is what durable appends cost on the data directory's filesystem, so the gateway's
-//! numbers can be read as a share of the disk rather than in a vacuum.
+//! numbers can be read as a share of the disk rather than in a vacuum. The large-batch run is
+//! made both through the page cache and with direct writes (`O_DIRECT`, as the gateway's log
+//! writes); the faster is the ceiling.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -35,6 +37,15 @@ pub struct RawResult {
     pub cpu_s_per_gib: Option<f64>,
 }
 
+/// How a raw run's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Through the page cache, its synced pages given back as the gateway's log did.
+    Buffered,
+    /// `O_DIRECT` from an aligned buffer: the chunk size must be a multiple of 4 KiB.
+    Direct,
+}
+
 /// Appends `chunks_per_sync` chunks then `fdatasync`s, in a loop, for `duration`, to a fresh
 /// file in `dir` that is removed afterwards. Blocking: run it off the async workers.
 pub fn run_raw(
@@ -42,27 +53,36 @@ pub fn run_raw(
     chunk_bytes: usize,
     chunks_per_sync: u32,
     duration: Duration,
+    writes: Writes,
 ) -> anyhow::Result<RawResult> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join("raw-baseline.bin");
+    let flags = match writes {
+        Writes::Buffered => 0,
+        Writes::Direct => libc::O_DIRECT,
+    };
     let file = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
+        .custom_flags(flags)
         .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+        .with_context(|| format!("creating {} ({writes:?} writes)", path.display()))?;
     let before = proc_stat(std::process::id()).ok();
     let measured = measure(file, chunk_bytes, chunks_per_sync.max(1), duration)
-        .with_context(|| format!("appending to {}", path.display()));
+        .with_context(|| format!("appending to {} ({writes:?} writes)", path.display()));
     let after = proc_stat(std::process::id()).ok();
     let _ = std::fs::remove_file(&path);
     let (bytes, syncs, elapsed, latency) = measured?;
-    let label = if chunks_per_sync <= 1 {
-        String::from("raw fdatasync per chunk")
-    } else {
-        format!(
-            "disk limit: fdatasync per {}",
-            size_label(chunk_bytes as u64 * u64::from(chunks_per_sync))
-        )
+    let per_sync = size_label(chunk_bytes as u64 * u64::from(chunks_per_sync));
+    let label = match (chunks_per_sync <= 1, writes) {
+        (true, Writes::Buffered) => String::from("raw fdatasync per chunk"),
+        (true, Writes::Direct) => String::from("raw direct write + fdatasync per chunk"),
+        (false, Writes::Buffered) => format!("disk limit: fdatasync per {per_sync}"),
+        (false, Writes::Direct) => format!(
+            "disk limit, direct {} writes: fdatasync per {per_sync}",
+            size_label(chunk_bytes as u64)
+        ),
     };
     let gib = bytes as f64 / f64::from(1u32 << 30);
     let cpu_s_per_gib = before
@@ -106,8 +126,10 @@ fn measure(
     chunks_per_sync: u32,
     duration: Duration,
 ) -> std::io::Result<(u64, u64, Duration, Histogram)> {
-    // Not zeros: some filesystems and devices special-case them.
-    let chunk: Vec<u8> = (0..chunk_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    // Not zeros: some filesystems and devices special-case them. Aligned for direct writes.
+    let buf: Vec<u8> = (0..chunk_bytes + 4096).map(|i| (i * 31 % 251) as u8).collect();
+    let start = buf.as_ptr().align_offset(4096);
+    let chunk = &buf[start..start + chunk_bytes];
     let mut latency = Histogram::new();
     let (mut bytes, mut syncs) = (0u64, 0u64);
     let start = Instant::now();
@@ -115,7 +137,7 @@ fn measure(
     while start.elapsed() < duration {
         let began = Instant::now();
         for _ in 0..chunks_per_sync {
-            file.write_all(&chunk)?;
+            file.write_all(chunk)?;
         }
         file.sync_data()?;
         latency.record(began.elapsed());
@@ -161,9 +183,13 @@ mod tests {
     #[test]
     fn raw_run_writes_syncs_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        let result = run_raw(dir.path(), 4096, 2, Duration::from_millis(100))
+        let result = run_raw(dir.path(), 4096, 2, Duration::from_millis(100), Writes::Buffered)
             .unwrap_or_else(|err| panic!("{err:#}"));
         assert_eq!(result.label, "disk limit: fdatasync per 8 KiB");
+        let direct = run_raw(dir.path(), 4096, 2, Duration::from_millis(100), Writes::Direct)
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(direct.label, "disk limit, direct 4 KiB writes: fdatasync per 8 KiB");
+        assert!(direct.syncs > 0 && direct.bytes == direct.syncs * 8192);
         assert!(result.cpu_s_per_gib.is_some());
         assert!(result.syncs > 0);
         assert_eq!(result.bytes, result.syncs * 8192);
