@@ -78,13 +78,18 @@ async fn run_in(config: &IngestConfig, run_dir: &Path) -> anyhow::Result<Report>
     // The ceiling is the faster of large batches through the page cache and direct ones.
     let limit_write = LIMIT_WRITE as usize;
     let secs = config.baseline_duration;
-    let buffered = raw_baseline(run_dir, limit_write, config.limit_chunks, secs, Writes::Buffered);
+    let buffered = raw_baseline(
+        run_dir,
+        limit_write,
+        config.limit_chunks,
+        secs,
+        Writes::Buffered,
+    );
     let buffered = buffered.await?;
     let batch = limit_write * config.limit_chunks as usize;
     let direct_write = batch.min(DIRECT_LIMIT_WRITE);
     let direct_chunks = u32::try_from(batch / direct_write).unwrap_or(u32::MAX);
-    let direct =
-        raw_baseline(run_dir, direct_write, direct_chunks, secs, Writes::Direct).await?;
+    let direct = raw_baseline(run_dir, direct_write, direct_chunks, secs, Writes::Direct).await?;
     let (limit, other_limit) = if direct.mib_per_s > buffered.mib_per_s {
         (direct, buffered)
     } else {

@@ -127,7 +127,9 @@ fn measure(
     duration: Duration,
 ) -> std::io::Result<(u64, u64, Duration, Histogram)> {
     // Not zeros: some filesystems and devices special-case them. Aligned for direct writes.
-    let buf: Vec<u8> = (0..chunk_bytes + 4096).map(|i| (i * 31 % 251) as u8).collect();
+    let buf: Vec<u8> = (0..chunk_bytes + 4096)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let start = buf.as_ptr().align_offset(4096);
     let chunk = &buf[start..start + chunk_bytes];
     let mut latency = Histogram::new();
@@ -183,12 +185,27 @@ mod tests {
     #[test]
     fn raw_run_writes_syncs_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        let result = run_raw(dir.path(), 4096, 2, Duration::from_millis(100), Writes::Buffered)
-            .unwrap_or_else(|err| panic!("{err:#}"));
+        let result = run_raw(
+            dir.path(),
+            4096,
+            2,
+            Duration::from_millis(100),
+            Writes::Buffered,
+        )
+        .unwrap_or_else(|err| panic!("{err:#}"));
         assert_eq!(result.label, "disk limit: fdatasync per 8 KiB");
-        let direct = run_raw(dir.path(), 4096, 2, Duration::from_millis(100), Writes::Direct)
-            .unwrap_or_else(|err| panic!("{err:#}"));
-        assert_eq!(direct.label, "disk limit, direct 4 KiB writes: fdatasync per 8 KiB");
+        let direct = run_raw(
+            dir.path(),
+            4096,
+            2,
+            Duration::from_millis(100),
+            Writes::Direct,
+        )
+        .unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(
+            direct.label,
+            "disk limit, direct 4 KiB writes: fdatasync per 8 KiB"
+        );
         assert!(direct.syncs > 0 && direct.bytes == direct.syncs * 8192);
         assert!(result.cpu_s_per_gib.is_some());
         assert!(result.syncs > 0);

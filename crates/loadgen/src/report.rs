@@ -291,7 +291,11 @@ mod tests {
             },
             idle_rss_mib: Some(12.25),
             limit: raw("disk limit: fdatasync per 8 MiB", 600.0, 128),
-            other_limit: raw("disk limit, direct 1 MiB writes: fdatasync per 8 MiB", 450.0, 8),
+            other_limit: raw(
+                "disk limit, direct 1 MiB writes: fdatasync per 8 MiB",
+                450.0,
+                8,
+            ),
             raw: raw("raw fdatasync per chunk", 200.0, 1),
             scenarios: vec![ScenarioResult {
                 streams: 64,
@@ -324,7 +328,9 @@ mod tests {
         let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
         assert_eq!(rows.len(), 5, "{md}");
         assert!(
-            rows[2].starts_with("| disk limit, direct 1 MiB writes: fdatasync per 8 MiB | 450.0 | 0.75 |"),
+            rows[2].starts_with(
+                "| disk limit, direct 1 MiB writes: fdatasync per 8 MiB | 450.0 | 0.75 |"
+            ),
             "{md}"
         );
         assert_eq!(

@@ -439,37 +439,44 @@ struct Direct {
     filled: usize,
 }
 
-/// A zeroed buffer of [`DIRECT_PIECE`] bytes aligned to [`DIRECT_ALIGN`]. Its pages are
-/// untouched until first written, so a store that only ever writes small batches holds few.
+/// A zeroed buffer of [`DIRECT_PIECE`] bytes aligned to [`DIRECT_ALIGN`]: an anonymous
+/// mapping of its own, not the allocator's, so its pages are the kernel's zero page until first
+/// written: a store that only ever writes small batches holds few of them.
 struct Staging(std::ptr::NonNull<u8>);
 
 impl Staging {
-    const LAYOUT: std::alloc::Layout =
-        match std::alloc::Layout::from_size_align(DIRECT_PIECE, DIRECT_ALIGN) {
-            Ok(layout) => layout,
-            Err(_) => panic!("DIRECT_PIECE and DIRECT_ALIGN make no layout"),
+    fn new() -> io::Result<Self> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is named.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                DIRECT_PIECE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
-
-    fn new() -> Self {
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(Self::LAYOUT) };
-        match std::ptr::NonNull::new(ptr) {
-            Some(ptr) => Staging(ptr),
-            None => std::alloc::handle_alloc_error(Self::LAYOUT),
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
         }
+        // page-aligned, and mmap never returns null for a mapping it made
+        std::ptr::NonNull::new(ptr.cast::<u8>())
+            .map(Staging)
+            .ok_or_else(|| io::Error::other("mmap returned null"))
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: the allocation is DIRECT_PIECE initialized (zeroed) bytes, owned by `self`
-        // and borrowed mutably for the slice's lifetime.
+        // SAFETY: the mapping is DIRECT_PIECE readable and writable bytes (zero-filled when
+        // made), owned by `self` and borrowed mutably for the slice's lifetime.
         unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), DIRECT_PIECE) }
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::LAYOUT) }
+        // SAFETY: mapped in `new` with this length, unmapped once.
+        unsafe { libc::munmap(self.0.as_ptr().cast(), DIRECT_PIECE) };
     }
 }
 
@@ -506,7 +513,11 @@ impl Direct {
     /// whole blocks (the last one padded with zeros); returns where the written blocks end.
     /// The new tail stays in the staging buffer until [`Direct::keep_tail`].
     fn write(&mut self, batch: &Batch, pos: u64) -> io::Result<u64> {
-        let buf = self.staging.get_or_insert_with(Staging::new).bytes();
+        let staging = match &mut self.staging {
+            Some(staging) => staging,
+            None => self.staging.insert(Staging::new()?),
+        };
+        let buf = staging.bytes();
         buf[..self.tail.len()].copy_from_slice(&self.tail);
         let mut fill = self.tail.len();
         let mut at = pos - fill as u64;

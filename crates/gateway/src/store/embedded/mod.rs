@@ -78,8 +78,9 @@ pub struct EmbeddedConfig {
     pub compact_bytes_per_sec: u64,
     /// Streams deleted for age or size; also sets how often maintenance runs.
     pub retention: RetentionConfig,
-    /// The last bytes of the log kept in the page cache (followers read them); the kernel may
-    /// drop older pages once synced, so writes reuse warm pages ([`log::SegmentWriter::release_behind`]).
+    /// With buffered writes (see `direct_writes`), the last bytes of the log kept in the page
+    /// cache (followers read them); the kernel may drop older pages once synced, so writes
+    /// reuse warm pages ([`log::SegmentWriter::release_behind`]). Direct writes cache nothing.
     pub cached_tail_bytes: u64,
     /// Whether the log is written past the page cache (`O_DIRECT`), where the filesystem
     /// allows it; buffered writes otherwise. On by default: it costs the writer a quarter of
