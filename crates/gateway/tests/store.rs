@@ -767,3 +767,39 @@ async fn log_pages_cached(direct: bool) {
     assert!(data.iter().all(|&b| b == 7), "read back other bytes");
     store.close().await.unwrap();
 }
+
+/// A burst's direct-write buffer is not kept at rest: a 600 KB append (committed on its own
+/// task) uses 600 KB of it; once no request came for half a second the writer gives the pages
+/// past the first 128 KiB back, and the next appends still write every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_s_write_buffer_is_given_back_when_the_store_is_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(EmbeddedConfig::new(dir.path())).await.unwrap();
+    assert_eq!(counter(&store, "engine_gateway_store_direct_writes"), 1);
+    let id = sid("burst");
+    let burst: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    store
+        .append(&id, 0, Bytes::from(burst.clone()), false)
+        .await
+        .unwrap();
+    let staging = || counter(&store, "engine_gateway_store_staging_bytes");
+    assert!(staging() >= 600_000, "{} bytes in use", staging());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while staging() > 128 << 10 {
+        assert!(Instant::now() < deadline, "{} bytes still held", staging());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(staging(), 128 << 10);
+    // what was given back reads as zeros again, and is written over in full
+    store
+        .append(&id, burst.len() as u64, Bytes::from(burst.clone()), false)
+        .await
+        .unwrap();
+    let data = read_to_end(&store, &id, "burst").await;
+    assert_eq!(data, burst.repeat(2));
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(EmbeddedConfig::new(dir.path())).await.unwrap();
+    assert_eq!(read_to_end(&store, &id, "reopened").await, burst.repeat(2));
+    store.close().await.unwrap();
+}

@@ -437,6 +437,8 @@ struct Direct {
     tail: Vec<u8>,
     /// Bytes of the last write's staging buffer that are log (its last block's padding not).
     filled: usize,
+    /// Bytes at the start of the staging buffer written since its pages were last given back.
+    touched: usize,
 }
 
 /// A zeroed buffer of [`DIRECT_PIECE`] bytes aligned to [`DIRECT_ALIGN`]: an anonymous
@@ -473,6 +475,24 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// Gives the pages from `from` to `to` back to the kernel (they read as zeros again).
+    fn release(&mut self, from: usize, to: usize) {
+        let (from, to) = (from.min(DIRECT_PIECE), to.min(DIRECT_PIECE));
+        if from < to {
+            // SAFETY: a page-aligned range inside our own anonymous mapping, of which no slice
+            // is borrowed; advice that only drops the range's contents.
+            let _ = unsafe {
+                libc::madvise(
+                    self.0.as_ptr().add(from).cast(),
+                    to - from,
+                    libc::MADV_DONTNEED,
+                )
+            };
+        }
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         // SAFETY: mapped in `new` with this length, unmapped once.
@@ -506,6 +526,7 @@ impl Direct {
             staging: None,
             tail,
             filled: 0,
+            touched: 0,
         }))
     }
 
@@ -529,6 +550,7 @@ impl Direct {
                 fill += n;
                 bytes = rest;
                 if fill == DIRECT_PIECE {
+                    self.touched = DIRECT_PIECE;
                     self.file.write_all_at(buf, at)?;
                     at += DIRECT_PIECE as u64;
                     fill = 0;
@@ -536,6 +558,7 @@ impl Direct {
             }
         }
         let padded = fill.next_multiple_of(DIRECT_ALIGN);
+        self.touched = self.touched.max(padded);
         buf[fill..padded].fill(0);
         if padded > 0 {
             self.file.write_all_at(&buf[..padded], at)?;
@@ -619,6 +642,25 @@ impl SegmentWriter {
 
     pub(super) fn file(&self) -> &File {
         &self.file
+    }
+
+    /// Bytes of the direct-write staging buffer in use (written since last given back).
+    pub(super) fn staging_touched(&self) -> usize {
+        self.direct.as_ref().map_or(0, |d| d.touched)
+    }
+
+    /// Gives the staging buffer's pages past its first `keep` bytes back to the kernel: a
+    /// large batch's pages are not kept while the store is idle. `keep` is rounded up to a
+    /// page.
+    pub(super) fn release_staging(&mut self, keep: usize) {
+        if let Some(direct) = &mut self.direct
+            && let Some(staging) = &mut direct.staging
+            && direct.touched > keep
+        {
+            let keep = keep.next_multiple_of(DIRECT_ALIGN);
+            staging.release(keep, direct.touched);
+            direct.touched = keep.min(direct.touched);
+        }
     }
 
     /// Whether writes go past the page cache (see [`Direct`]).

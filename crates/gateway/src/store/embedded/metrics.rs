@@ -34,6 +34,10 @@ pub(super) struct Metrics {
     pub(super) compacted_segments: AtomicU64,
     pub(super) reclaimed_bytes: AtomicU64,
     pub(super) expired_streams: AtomicU64,
+    /// Bytes of the direct-write staging buffer in use (its pages resident); a gauge.
+    pub(super) staging_bytes: AtomicU64,
+    /// 1 while the log is written with `O_DIRECT`, 0 through the page cache; a gauge.
+    pub(super) direct_writes: AtomicU64,
     pub(super) batch_records: Histogram,
     pub(super) fsync_seconds: Histogram,
     /// Filled once at open.
@@ -54,6 +58,8 @@ impl Metrics {
             compacted_segments: AtomicU64::new(0),
             reclaimed_bytes: AtomicU64::new(0),
             expired_streams: AtomicU64::new(0),
+            staging_bytes: AtomicU64::new(0),
+            direct_writes: AtomicU64::new(0),
             batch_records: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             fsync_seconds: Histogram::new(&[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -152,13 +158,24 @@ impl Metrics {
                 self.recovery.truncated_bytes,
             ),
         ];
-        for (name, help, value) in recovery {
-            write_gauge(
-                out,
-                &format!("engine_gateway_store_recovery_{name}"),
-                help,
-                value,
-            );
+        let live = [
+            (
+                "staging_bytes",
+                "bytes of the log's direct-write buffer in use (given back past 128 KiB when idle)",
+                self.staging_bytes.load(Relaxed),
+            ),
+            (
+                "direct_writes",
+                "1 while the log is written past the page cache (O_DIRECT), 0 through it",
+                self.direct_writes.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in recovery
+            .into_iter()
+            .map(|(n, h, v)| (format!("recovery_{n}"), h, v))
+            .chain(live.map(|(n, h, v)| (n.to_owned(), h, v)))
+        {
+            write_gauge(out, &format!("engine_gateway_store_{name}"), help, value);
         }
     }
 }

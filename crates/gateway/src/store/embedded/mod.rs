@@ -237,6 +237,7 @@ impl EmbeddedStore {
             last_write: Duration::ZERO,
             prepare: writer::Prepare::new(tx.downgrade()),
         }));
+        writer::lock(&writer).gauge_staging();
         let thread = WriterThread {
             rx,
             writer: writer.clone(),

@@ -44,6 +44,9 @@ pub(super) enum Request {
     /// Write zeros ahead of the log's end, if still wanted (sent by an inline commit, which
     /// must not do it on the request's time; see [`Writer::prepare`]).
     Prepare,
+    /// An inline commit used more of the direct-write staging buffer than is kept: the writer
+    /// thread gives those pages back once the store is idle (see [`STAGING_KEEP`]).
+    Idle,
 }
 
 impl Request {
@@ -65,7 +68,7 @@ impl Request {
             Request::Delete { reply, .. } | Request::Close { reply } => {
                 let _ = reply.send(result.map(|_| ()));
             }
-            Request::Prepare => {}
+            Request::Prepare | Request::Idle => {}
         }
     }
 }
@@ -97,7 +100,7 @@ impl Spec {
         let (name, data): (&str, &[u8]) = match request {
             Request::Append { id, data, .. } => (id.as_str(), data),
             Request::Delete { id, .. } => (id.as_str(), &[]),
-            Request::Close { .. } | Request::Prepare => ("", &[]),
+            Request::Close { .. } | Request::Prepare | Request::Idle => ("", &[]),
         };
         match self {
             Spec::Create { key } => Record::Create { key, time, name },
@@ -150,6 +153,51 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// After a failed [`Writer::prepare`] (a full disk), the next try waits this long.
 const PREPARE_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Bytes of the direct-write staging buffer kept across idle periods: a lone 64 KiB commit
+/// and its block. Pages past it, touched by a larger batch, go back to the kernel once no
+/// request came for [`STAGING_IDLE`], so a store at rest does not hold a burst's buffer.
+pub(super) const STAGING_KEEP: usize = 128 << 10;
+
+/// How long the writer waits for a request before giving the staging pages back.
+const STAGING_IDLE: Duration = Duration::from_millis(500);
+
+/// What waiting for the next request gave.
+enum Received {
+    Request(Request),
+    /// Every sender is gone.
+    Closed,
+    TimedOut,
+}
+
+/// Waits at most `timeout` for the next request on the writer thread (a plain thread, no
+/// runtime: the queue is polled with a waker that unparks it).
+fn recv_timeout(rx: &mut mpsc::Receiver<Request>, timeout: Duration) -> Received {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match rx.poll_recv(&mut cx) {
+            std::task::Poll::Ready(Some(request)) => return Received::Request(request),
+            std::task::Poll::Ready(None) => return Received::Closed,
+            std::task::Poll::Pending => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Received::TimedOut;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
 /// When the writer writes zeros ahead of the log's end.
 pub(super) struct Prepare {
     /// The writer thread's queue, for an inline commit to hand the work over; weak, so the
@@ -157,6 +205,8 @@ pub(super) struct Prepare {
     pub(super) queue: mpsc::WeakSender<Request>,
     /// A [`Request::Prepare`] is queued.
     pub(super) queued: bool,
+    /// A [`Request::Idle`] is queued.
+    pub(super) idle_queued: bool,
     /// Moving average of the bytes per batch (1/8 weight for the newest).
     pub(super) batch_bytes: u64,
     /// Bytes per second the log grew by over the last whole [`RATE_WINDOW`].
@@ -172,6 +222,7 @@ impl Prepare {
         Prepare {
             queue,
             queued: false,
+            idle_queued: false,
             batch_bytes: u64::MAX,
             rate: 0,
             window: (Instant::now(), 0),
@@ -195,11 +246,30 @@ pub(super) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 impl WriterThread {
     pub(super) fn run(mut self) {
         let mut batch = Vec::new();
+        // the staging buffer holds more than it keeps: wait for requests with a timeout
+        let mut timed = false;
         loop {
-            let Some(first) = self.rx.blocking_recv() else {
-                // every handle dropped without close(): still leave a durable index behind
-                let _ = lock(&self.writer).checkpoint();
-                return;
+            let received = if timed {
+                recv_timeout(&mut self.rx, STAGING_IDLE)
+            } else {
+                self.rx
+                    .blocking_recv()
+                    .map_or(Received::Closed, Received::Request)
+            };
+            let first = match received {
+                Received::Request(first) => first,
+                Received::Closed => {
+                    // every handle dropped without close(): still leave a durable index behind
+                    let _ = lock(&self.writer).checkpoint();
+                    return;
+                }
+                Received::TimedOut => {
+                    let mut writer = lock(&self.writer);
+                    writer.segment.release_staging(STAGING_KEEP);
+                    writer.gauge_staging();
+                    timed = false;
+                    continue;
+                }
             };
             let mut writer = lock(&self.writer);
             let mut bytes = first.size();
@@ -207,12 +277,14 @@ impl WriterThread {
             match first {
                 Request::Close { reply } => close = Some(reply),
                 Request::Prepare => writer.prepare.queued = false,
+                Request::Idle => writer.prepare.idle_queued = false,
                 other => batch.push(other),
             }
             while close.is_none() && bytes < writer.config.max_batch_bytes {
                 match self.rx.try_recv() {
                     Ok(Request::Close { reply }) => close = Some(reply),
                     Ok(Request::Prepare) => writer.prepare.queued = false,
+                    Ok(Request::Idle) => writer.prepare.idle_queued = false,
                     Ok(request) => {
                         bytes += request.size();
                         batch.push(request);
@@ -227,6 +299,7 @@ impl WriterThread {
                 // the batch is answered: only requests arriving meanwhile wait for this
                 writer.prepare();
             }
+            timed = writer.segment.staging_touched() > STAGING_KEEP;
             if let Some(reply) = close {
                 if let Err(err) = writer.segment.trim() {
                     warn!(error = %err, "store log: cutting the zeros written ahead of its end failed; the next open ignores them");
@@ -272,6 +345,14 @@ impl Writer {
                 writer.prepare.queued = true;
             }
         }
+        if !writer.prepare.idle_queued && writer.segment.staging_touched() > STAGING_KEEP {
+            // the writer thread sleeps until a request comes: wake it to time the idle period
+            if let Some(queue) = writer.prepare.queue.upgrade()
+                && queue.try_send(Request::Idle).is_ok()
+            {
+                writer.prepare.idle_queued = true;
+            }
+        }
         Ok(())
     }
 
@@ -313,6 +394,15 @@ impl Writer {
                 self.prepare.not_before = Some(Instant::now() + PREPARE_BACKOFF);
             }
         }
+    }
+
+    /// Updates the gauges of the direct-write buffer.
+    pub(super) fn gauge_staging(&self) {
+        let metrics = &self.shared.metrics;
+        let touched = self.segment.staging_touched() as u64;
+        metrics.staging_bytes.store(touched, Relaxed);
+        let direct = u64::from(self.segment.is_direct());
+        metrics.direct_writes.store(direct, Relaxed);
     }
 
     /// Commits the index durably with the current log position.
@@ -392,9 +482,10 @@ impl Writer {
             .iter()
             .filter_map(|r| match r {
                 Request::Append { id, .. } | Request::Delete { id, .. } => Some(id.to_string()),
-                Request::Close { .. } | Request::Prepare => None,
+                Request::Close { .. } | Request::Prepare | Request::Idle => None,
             })
             .collect();
+        self.gauge_staging();
         // wake followers before answering, so a wait started after an append returned is not
         // woken by that append's own notification
         self.shared.waiters.notify(names.iter().map(String::as_str));
@@ -412,7 +503,7 @@ impl Writer {
                     .flatten()
                     .map(|i| i.length)
             }
-            Request::Close { .. } | Request::Prepare => None,
+            Request::Close { .. } | Request::Prepare | Request::Idle => None,
         };
         StoreError::insufficient_storage(err.to_string(), committed.or(Some(0)))
     }
@@ -596,7 +687,7 @@ fn validate<'b>(
     let mut specs = [None; 3];
     let (id, name) = match request {
         Request::Append { id, .. } | Request::Delete { id, .. } => (id, id.as_str()),
-        Request::Close { .. } | Request::Prepare => return Ok((Ok(None), specs)),
+        Request::Close { .. } | Request::Prepare | Request::Idle => return Ok((Ok(None), specs)),
     };
     let meta = match pending.get(name) {
         Some(meta) => *meta,
@@ -668,6 +759,6 @@ fn validate<'b>(
             pending.insert(name, None);
             Ok((Ok(None), specs))
         }
-        Request::Close { .. } | Request::Prepare => Ok((Ok(None), specs)),
+        Request::Close { .. } | Request::Prepare | Request::Idle => Ok((Ok(None), specs)),
     }
 }
