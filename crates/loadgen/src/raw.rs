@@ -75,11 +75,12 @@ pub fn run_raw(
     let _ = std::fs::remove_file(&path);
     let (bytes, syncs, elapsed, latency) = measured?;
     let per_sync = size_label(chunk_bytes as u64 * u64::from(chunks_per_sync));
-    let label = match (chunks_per_sync <= 1, writes) {
-        (true, Writes::Buffered) => String::from("raw fdatasync per chunk"),
-        (true, Writes::Direct) => String::from("raw direct write + fdatasync per chunk"),
-        (false, Writes::Buffered) => format!("disk limit: fdatasync per {per_sync}"),
-        (false, Writes::Direct) => format!(
+    // a direct run is always a disk limit; a buffered one of one chunk per sync the per-chunk
+    // reference
+    let label = match writes {
+        Writes::Buffered if chunks_per_sync <= 1 => String::from("raw fdatasync per chunk"),
+        Writes::Buffered => format!("disk limit: fdatasync per {per_sync}"),
+        Writes::Direct => format!(
             "disk limit, direct {} writes: fdatasync per {per_sync}",
             size_label(chunk_bytes as u64)
         ),
