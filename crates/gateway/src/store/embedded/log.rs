@@ -406,10 +406,12 @@ pub(super) const PREPARE_STEP: u64 = 512 << 10;
 /// and their buffer's address are multiples of it, which suits every logical block size in use.
 const DIRECT_ALIGN: usize = 4096;
 
-/// Bytes one direct write carries at most: the size of the buffer it is made from. Each direct
-/// write waits for the device; a 2 MiB batch in 1 MiB writes ran at the speed of one 2 MiB
-/// write on the reference VM, in 256 KiB writes at 0.6x (bench/README.md, "Direct writes").
-const DIRECT_PIECE: usize = 1 << 20;
+/// Bytes one direct write carries at most: the size of the buffer it is made from, a whole
+/// batch (`max_batch_bytes`) but for one request past it. Each direct write waits for the
+/// device: a 2 MiB batch in one write ran 1.1-1.3x as fast as in 1 MiB writes on the reference
+/// VM, 1.5x as fast as in 256 KiB ones (bench/README.md, "Direct writes"). The buffer's pages
+/// past the first 128 KiB go back to the kernel when the store is idle (`writer::STAGING_KEEP`).
+const DIRECT_PIECE: usize = 4 << 20;
 
 /// Zeros to write the prepared end from, aligned for a direct write; a static, so reading it
 /// maps no memory of ours.
