@@ -769,8 +769,8 @@ async fn log_pages_cached(direct: bool) {
 }
 
 /// A burst's direct-write buffer is not kept at rest: a 600 KB append (committed on its own
-/// task) uses 600 KB of it; once no request came for half a second the writer gives the pages
-/// past the first 128 KiB back, and the next appends still write every byte.
+/// task) uses 600 KB of it; once no batch used it for half a second the writer gives its pages
+/// back, and the next appends still write every byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_batch_s_write_buffer_is_given_back_when_the_store_is_idle() {
     let dir = tempfile::tempdir().unwrap();
@@ -785,11 +785,10 @@ async fn a_large_batch_s_write_buffer_is_given_back_when_the_store_is_idle() {
     let staging = || counter(&store, "engine_gateway_store_staging_bytes");
     assert!(staging() >= 600_000, "{} bytes in use", staging());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while staging() > 128 << 10 {
+    while staging() > 0 {
         assert!(Instant::now() < deadline, "{} bytes still held", staging());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(staging(), 128 << 10);
     // what was given back reads as zeros again, and is written over in full
     store
         .append(&id, burst.len() as u64, Bytes::from(burst.clone()), false)

@@ -410,7 +410,7 @@ const DIRECT_ALIGN: usize = 4096;
 /// batch (`max_batch_bytes`) but for one request past it. Each direct write waits for the
 /// device: a 2 MiB batch in one write ran 1.1-1.3x as fast as in 1 MiB writes on the reference
 /// VM, 1.5x as fast as in 256 KiB ones (bench/README.md, "Direct writes"). The buffer's pages
-/// past the first 128 KiB go back to the kernel when the store is idle (`writer::STAGING_KEEP`).
+/// go back to the kernel when the store is idle (`writer::STAGING_IDLE`).
 const DIRECT_PIECE: usize = 4 << 20;
 
 /// Zeros to write the prepared end from, aligned for a direct write; a static, so reading it
@@ -424,9 +424,9 @@ static ZEROS: Zeros = Zeros([0; WRITE_PIECE]);
 ///
 /// Why: on the reference VM a buffered write costs its copy into the page cache, the pages'
 /// allocation and their write-back at the sync; a direct write is one copy into a buffer that
-/// is reused, and the device reads it from there. A 2 MiB batch and its fdatasync cost 0.12
-/// CPU-s/GiB direct against 0.50 buffered, at 1.2x the speed; a lone 64 KiB one 1.56 against
-/// 1.96 (bench/README.md, "Direct writes"). Readers still read through the page cache; Linux
+/// is reused, and the device reads it from there. A 2 MiB batch and its fdatasync cost 0.10
+/// CPU-s/GiB direct against 0.44 buffered, at 1.6x the speed; a lone 68 KiB one 1.46 against
+/// 1.88 (bench/README.md, "Direct writes"). Readers still read through the page cache; Linux
 /// keeps the two coherent (a direct write drops the cached pages it covers).
 struct Direct {
     file: File,
@@ -651,17 +651,15 @@ impl SegmentWriter {
         self.direct.as_ref().map_or(0, |d| d.touched)
     }
 
-    /// Gives the staging buffer's pages past its first `keep` bytes back to the kernel: a
-    /// large batch's pages are not kept while the store is idle. `keep` is rounded up to a
-    /// page.
-    pub(super) fn release_staging(&mut self, keep: usize) {
+    /// Gives the staging buffer's pages back to the kernel (they read as zeros again), so an
+    /// idle store holds none of them.
+    pub(super) fn release_staging(&mut self) {
         if let Some(direct) = &mut self.direct
             && let Some(staging) = &mut direct.staging
-            && direct.touched > keep
+            && direct.touched > 0
         {
-            let keep = keep.next_multiple_of(DIRECT_ALIGN);
-            staging.release(keep, direct.touched);
-            direct.touched = keep.min(direct.touched);
+            staging.release(0, direct.touched);
+            direct.touched = 0;
         }
     }
 

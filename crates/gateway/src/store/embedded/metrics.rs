@@ -161,7 +161,7 @@ impl Metrics {
         let live = [
             (
                 "staging_bytes",
-                "bytes of the log's direct-write buffer in use (given back past 128 KiB when idle)",
+                "bytes of the log's direct-write buffer in use (given back after 500 ms unused)",
                 self.staging_bytes.load(Relaxed),
             ),
             (

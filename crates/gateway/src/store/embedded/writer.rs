@@ -44,8 +44,8 @@ pub(super) enum Request {
     /// Write zeros ahead of the log's end, if still wanted (sent by an inline commit, which
     /// must not do it on the request's time; see [`Writer::prepare`]).
     Prepare,
-    /// An inline commit used more of the direct-write staging buffer than is kept: the writer
-    /// thread gives those pages back once the store is idle (see [`STAGING_KEEP`]).
+    /// An inline commit used the direct-write staging buffer: the writer thread gives its
+    /// pages back once the store is idle (see [`STAGING_IDLE`]).
     Idle,
 }
 
@@ -153,12 +153,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// After a failed [`Writer::prepare`] (a full disk), the next try waits this long.
 const PREPARE_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Bytes of the direct-write staging buffer kept across idle periods: a lone 64 KiB commit
-/// and its block. Pages past it, touched by a larger batch, go back to the kernel once no
-/// request came for [`STAGING_IDLE`], so a store at rest does not hold a burst's buffer.
-pub(super) const STAGING_KEEP: usize = 128 << 10;
-
-/// How long the writer waits for a request before giving the staging pages back.
+/// The direct-write staging buffer's pages go back to the kernel once no batch used it for
+/// this long, so a store at rest holds none of a burst's buffer; a stream that commits at
+/// least this often keeps them.
 const STAGING_IDLE: Duration = Duration::from_millis(500);
 
 /// What waiting for the next request gave.
@@ -205,8 +202,11 @@ pub(super) struct Prepare {
     pub(super) queue: mpsc::WeakSender<Request>,
     /// A [`Request::Prepare`] is queued.
     pub(super) queued: bool,
-    /// A [`Request::Idle`] is queued.
+    /// The writer thread knows the staging buffer is in use and will give it back when idle
+    /// (a [`Request::Idle`] was sent, or it committed a batch itself).
     pub(super) idle_queued: bool,
+    /// When a batch last used the staging buffer.
+    pub(super) staging_used: Instant,
     /// Moving average of the bytes per batch (1/8 weight for the newest).
     pub(super) batch_bytes: u64,
     /// Bytes per second the log grew by over the last whole [`RATE_WINDOW`].
@@ -223,6 +223,7 @@ impl Prepare {
             queue,
             queued: false,
             idle_queued: false,
+            staging_used: Instant::now(),
             batch_bytes: u64::MAX,
             rate: 0,
             window: (Instant::now(), 0),
@@ -246,11 +247,11 @@ pub(super) fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 impl WriterThread {
     pub(super) fn run(mut self) {
         let mut batch = Vec::new();
-        // the staging buffer holds more than it keeps: wait for requests with a timeout
-        let mut timed = false;
+        // while the staging buffer holds pages: how long to wait before giving them back
+        let mut timed: Option<Duration> = None;
         loop {
-            let received = if timed {
-                recv_timeout(&mut self.rx, STAGING_IDLE)
+            let received = if let Some(wait) = timed {
+                recv_timeout(&mut self.rx, wait)
             } else {
                 self.rx
                     .blocking_recv()
@@ -264,10 +265,17 @@ impl WriterThread {
                     return;
                 }
                 Received::TimedOut => {
+                    // inline commits may have used it since: idle only after STAGING_IDLE
                     let mut writer = lock(&self.writer);
-                    writer.segment.release_staging(STAGING_KEEP);
-                    writer.gauge_staging();
-                    timed = false;
+                    let unused = writer.prepare.staging_used.elapsed();
+                    if unused < STAGING_IDLE {
+                        timed = Some(STAGING_IDLE - unused);
+                    } else {
+                        writer.segment.release_staging();
+                        writer.gauge_staging();
+                        writer.prepare.idle_queued = false;
+                        timed = None;
+                    }
                     continue;
                 }
             };
@@ -277,14 +285,14 @@ impl WriterThread {
             match first {
                 Request::Close { reply } => close = Some(reply),
                 Request::Prepare => writer.prepare.queued = false,
-                Request::Idle => writer.prepare.idle_queued = false,
+                Request::Idle => {}
                 other => batch.push(other),
             }
             while close.is_none() && bytes < writer.config.max_batch_bytes {
                 match self.rx.try_recv() {
                     Ok(Request::Close { reply }) => close = Some(reply),
                     Ok(Request::Prepare) => writer.prepare.queued = false,
-                    Ok(Request::Idle) => writer.prepare.idle_queued = false,
+                    Ok(Request::Idle) => {}
                     Ok(request) => {
                         bytes += request.size();
                         batch.push(request);
@@ -299,7 +307,11 @@ impl WriterThread {
                 // the batch is answered: only requests arriving meanwhile wait for this
                 writer.prepare();
             }
-            timed = writer.segment.staging_touched() > STAGING_KEEP;
+            if writer.segment.staging_touched() > 0 {
+                writer.prepare.idle_queued = true;
+                let unused = writer.prepare.staging_used.elapsed();
+                timed = Some(STAGING_IDLE.saturating_sub(unused));
+            }
             if let Some(reply) = close {
                 if let Err(err) = writer.segment.trim() {
                     warn!(error = %err, "store log: cutting the zeros written ahead of its end failed; the next open ignores them");
@@ -345,7 +357,7 @@ impl Writer {
                 writer.prepare.queued = true;
             }
         }
-        if !writer.prepare.idle_queued && writer.segment.staging_touched() > STAGING_KEEP {
+        if !writer.prepare.idle_queued && writer.segment.staging_touched() > 0 {
             // the writer thread sleeps until a request comes: wake it to time the idle period
             if let Some(queue) = writer.prepare.queue.upgrade()
                 && queue.try_send(Request::Idle).is_ok()
@@ -486,6 +498,7 @@ impl Writer {
             })
             .collect();
         self.gauge_staging();
+        self.prepare.staging_used = Instant::now();
         // wake followers before answering, so a wait started after an append returned is not
         // woken by that append's own notification
         self.shared.waiters.notify(names.iter().map(String::as_str));
