@@ -22,7 +22,7 @@ pub struct Report {
     pub idle_rss_mib: Option<f64>,
     /// One writer, one `fdatasync` per several MiB: the disk's durable sequential write rate,
     /// the ceiling for `share_of_limit`. The faster of buffered 64 KiB writes and direct
-    /// (`O_DIRECT`) 1 MiB writes.
+    /// (`O_DIRECT`) writes of the whole batch.
     pub limit: RawResult,
     /// The slower of the two.
     pub other_limit: RawResult,
@@ -185,8 +185,8 @@ impl Report {
         md.push_str(
             "\nraw rows: one writer on the same filesystem, no server; req/s there is fdatasync/s, \
              CPU-s/GiB the benchmark process's own. The disk limit (large batches per fdatasync, \
-             the faster of 64 KiB writes through the page cache and direct 1 MiB writes) is the \
-             ceiling every share is of.\n",
+             the faster of 64 KiB writes through the page cache and one direct write per batch) is \
+             the ceiling every share is of.\n",
         );
         if !self.sinks.is_empty() {
             md.push_str(
@@ -292,9 +292,9 @@ mod tests {
             idle_rss_mib: Some(12.25),
             limit: raw("disk limit: fdatasync per 8 MiB", 600.0, 128),
             other_limit: raw(
-                "disk limit, direct 1 MiB writes: fdatasync per 8 MiB",
+                "disk limit, direct 8 MiB writes: fdatasync per 8 MiB",
                 450.0,
-                8,
+                1,
             ),
             raw: raw("raw fdatasync per chunk", 200.0, 1),
             scenarios: vec![ScenarioResult {
@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(rows.len(), 5, "{md}");
         assert!(
             rows[2].starts_with(
-                "| disk limit, direct 1 MiB writes: fdatasync per 8 MiB | 450.0 | 0.75 |"
+                "| disk limit, direct 8 MiB writes: fdatasync per 8 MiB | 450.0 | 0.75 |"
             ),
             "{md}"
         );
