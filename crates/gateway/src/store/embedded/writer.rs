@@ -195,7 +195,8 @@ fn recv_timeout(rx: &mut mpsc::Receiver<Request>, timeout: Duration) -> Received
     }
 }
 
-/// When the writer writes zeros ahead of the log's end.
+/// The writer's work off the requests' time: when it writes zeros ahead of the log's end, and
+/// when it gives the direct-write staging buffer back.
 pub(super) struct Prepare {
     /// The writer thread's queue, for an inline commit to hand the work over; weak, so the
     /// queue still closes when every store handle is gone.
