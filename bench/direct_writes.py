@@ -25,6 +25,9 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gwbench import write_result  # noqa: E402
+
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 TOTAL = int(os.environ.get("TOTAL_MIB", "512")) << 20
 BATCHES = [int(b) << 10 for b in os.environ.get("BATCHES", "2048,68").split(",")]
@@ -91,13 +94,7 @@ def main():
             rows = results[(m, b)]
             mib, cpu, us = (statistics.median(r[i] for r in rows) for i in range(3))
             lines.append(f"| {b >> 10} KiB | {m} | {mib:.0f} | {cpu:.2f} | {us:.0f} |")
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    out = os.environ.get("OUT") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", f"direct-writes-{date}.md")
-    with open(out, "w") as f:
-        f.write(text)
-    print(f"wrote {out}", file=sys.stderr)
+    write_result("\n".join(lines) + "\n", "direct-writes")
 
 
 if __name__ == "__main__":

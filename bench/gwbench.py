@@ -1,7 +1,10 @@
-"""Shared helpers of the Python benchmarks: start a gateway, make tokens, percentiles."""
+"""Shared helpers of the Python benchmarks: start a gateway, make tokens, percentiles, write a
+result table."""
+import datetime
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -59,3 +62,14 @@ def percentile(samples, q):
         return float("nan")
     rank = max(1, -(-len(s) * q // 100))
     return s[int(rank) - 1]
+
+
+def write_result(text, name):
+    """Prints `text` and writes it to OUT, or to bench/results/NAME-<date>.md."""
+    sys.stdout.write(text)
+    date = datetime.date.today().strftime("%Y%m%d")
+    out = os.environ.get("OUT") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", f"{name}-{date}.md")
+    with open(out, "w") as f:
+        f.write(text)
+    print(f"wrote {out}", file=sys.stderr)

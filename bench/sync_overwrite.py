@@ -34,6 +34,9 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gwbench import write_result  # noqa: E402
+
 PIECE = 64 << 10
 OPS = int(os.environ.get("OPS", "6000"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -114,13 +117,7 @@ def main():
     for m in modes:
         mib, cpu, us = (statistics.median(x[i] for x in results[m]) for i in range(3))
         lines.append(f"| {m} | {mib:.0f} | {cpu:.2f} | {us:.0f} |")
-    text = "\n".join(lines) + "\n"
-    sys.stdout.write(text)
-    out = os.environ.get("OUT") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", f"sync-overwrite-{date}.md")
-    with open(out, "w") as f:
-        f.write(text)
-    print(f"wrote {out}", file=sys.stderr)
+    write_result("\n".join(lines) + "\n", "sync-overwrite")
 
 
 if __name__ == "__main__":

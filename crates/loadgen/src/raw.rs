@@ -186,23 +186,13 @@ mod tests {
     #[test]
     fn raw_run_writes_syncs_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        let result = run_raw(
-            dir.path(),
-            4096,
-            2,
-            Duration::from_millis(100),
-            Writes::Buffered,
-        )
-        .unwrap_or_else(|err| panic!("{err:#}"));
+        let run = |writes| {
+            run_raw(dir.path(), 4096, 2, Duration::from_millis(100), writes)
+                .unwrap_or_else(|err| panic!("{err:#}"))
+        };
+        let result = run(Writes::Buffered);
         assert_eq!(result.label, "disk limit: fdatasync per 8 KiB");
-        let direct = run_raw(
-            dir.path(),
-            4096,
-            2,
-            Duration::from_millis(100),
-            Writes::Direct,
-        )
-        .unwrap_or_else(|err| panic!("{err:#}"));
+        let direct = run(Writes::Direct);
         assert_eq!(
             direct.label,
             "disk limit, direct 4 KiB writes: fdatasync per 8 KiB"

@@ -475,9 +475,7 @@ impl Staging {
         // made), owned by `self` and borrowed mutably for the slice's lifetime.
         unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), DIRECT_PIECE) }
     }
-}
 
-impl Staging {
     /// Gives the pages from `from` to `to` back to the kernel (they read as zeros again).
     fn release(&mut self, from: usize, to: usize) {
         let (from, to) = (from.min(DIRECT_PIECE), to.min(DIRECT_PIECE));

@@ -147,18 +147,22 @@ impl Metrics {
         );
         let recovery = [
             (
-                "records",
+                "recovery_records",
                 "log records replayed at open",
                 self.recovery.records,
             ),
-            ("bytes", "log bytes replayed at open", self.recovery.bytes),
             (
-                "truncated_bytes",
+                "recovery_bytes",
+                "log bytes replayed at open",
+                self.recovery.bytes,
+            ),
+            (
+                "recovery_truncated_bytes",
                 "bytes cut from a torn log tail at open",
                 self.recovery.truncated_bytes,
             ),
         ];
-        let live = [
+        let gauges = [
             (
                 "staging_bytes",
                 "bytes of the log's direct-write buffer in use (given back after 500 ms unused)",
@@ -170,11 +174,7 @@ impl Metrics {
                 self.direct_writes.load(Relaxed),
             ),
         ];
-        for (name, help, value) in recovery
-            .into_iter()
-            .map(|(n, h, v)| (format!("recovery_{n}"), h, v))
-            .chain(live.map(|(n, h, v)| (n.to_owned(), h, v)))
-        {
+        for (name, help, value) in recovery.into_iter().chain(gauges) {
             write_gauge(out, &format!("engine_gateway_store_{name}"), help, value);
         }
     }

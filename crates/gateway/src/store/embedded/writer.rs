@@ -166,20 +166,26 @@ enum Received {
     TimedOut,
 }
 
-/// Waits at most `timeout` for the next request on the writer thread (a plain thread, no
-/// runtime: the queue is polled with a waker that unparks it).
-fn recv_timeout(rx: &mut mpsc::Receiver<Request>, timeout: Duration) -> Received {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
+/// Wakes the writer thread (a plain thread, no runtime) when its queue has a request.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
     }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Waits at most `timeout` for the next request, polling the queue with `waker` (an
+/// [`Unpark`] of the calling thread).
+fn recv_timeout(
+    rx: &mut mpsc::Receiver<Request>,
+    waker: &std::task::Waker,
+    timeout: Duration,
+) -> Received {
+    let mut cx = std::task::Context::from_waker(waker);
     let deadline = Instant::now() + timeout;
     loop {
         match rx.poll_recv(&mut cx) {
@@ -250,9 +256,10 @@ impl WriterThread {
         let mut batch = Vec::new();
         // while the staging buffer holds pages: how long to wait before giving them back
         let mut timed: Option<Duration> = None;
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
         loop {
             let received = if let Some(wait) = timed {
-                recv_timeout(&mut self.rx, wait)
+                recv_timeout(&mut self.rx, &waker, wait)
             } else {
                 self.rx
                     .blocking_recv()
