@@ -42,6 +42,20 @@ fn content(s: usize, o: u64) -> u8 {
     (s as u64 * 131 + o * 7 + o / 253) as u8
 }
 
+/// Stream `s`'s `len` bytes at `offset`, in a buffer starting on a page if `aligned`.
+fn content_bytes(s: usize, offset: u64, len: usize, aligned: bool) -> Bytes {
+    let mut vec = vec![0u8; len + 4096];
+    let from = if aligned {
+        vec.as_ptr().align_offset(4096)
+    } else {
+        0
+    };
+    for (i, b) in vec[from..from + len].iter_mut().enumerate() {
+        *b = content(s, offset + i as u64);
+    }
+    Bytes::from(vec).slice(from..from + len)
+}
+
 fn check_content(s: usize, data: &[u8]) {
     let bad = (0..data.len()).find(|&o| data[o] != content(s, o as u64));
     assert_eq!(
@@ -310,12 +324,10 @@ async fn child_main(dir: PathBuf, mode: String) {
             let rounds = if replay { 31 } else { u64::MAX };
             for round in 0..rounds {
                 let len = 1 + (round * 7919 + s as u64 * 104_729) % 65_536;
-                let data: Vec<u8> = (offset..offset + len).map(|o| content(s, o)).collect();
-                offset = store
-                    .append(&id, offset, Bytes::from(data), false)
-                    .await
-                    .unwrap()
-                    .offset;
+                // every other append in a page-aligned buffer, as the gateway's allocator gives
+                // them: a direct write takes those from where they are, placed by a pad record
+                let data = content_bytes(s, offset, len as usize, round % 2 == 0);
+                offset = store.append(&id, offset, data, false).await.unwrap().offset;
                 {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ACK {s} {offset}").unwrap();

@@ -17,12 +17,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use tokio::time::sleep_until;
 
 use super::AppState;
+use super::chunk_buf::ChunkBuf;
 use super::error::{ApiError, ErrorCode};
 use super::server::stopping;
 use crate::budget::Reservation;
@@ -42,8 +43,9 @@ pub(super) struct Appender<'a> {
     headers: &'a HeaderMap,
     /// Where the next chunk goes: the offset the client asked for, then each commit's result.
     offset: u64,
-    /// Bytes received and not yet handed to the store (at most one chunk).
-    chunk: BytesMut,
+    /// Bytes received and not yet handed to the store (at most one chunk), in a buffer the
+    /// store's direct writes can take as it is.
+    chunk: ChunkBuf,
     /// Budget held for `chunk`'s capacity, or for a frame handed over without a copy.
     held: Reservation,
     /// When the oldest byte in `chunk` arrived.
@@ -66,7 +68,7 @@ impl<'a> Appender<'a> {
             id,
             headers,
             offset,
-            chunk: BytesMut::new(),
+            chunk: ChunkBuf::default(),
             held: Reservation::default(),
             pending_since: None,
             remaining: None,
@@ -242,8 +244,8 @@ impl<'a> Appender<'a> {
             needed.max(capacity * 2).max(FIRST_ALLOC).min(chunk_bytes)
         };
         self.hold(target - capacity).await?;
-        let mut grown = BytesMut::with_capacity(target);
-        grown.extend_from_slice(&self.chunk);
+        let mut grown = ChunkBuf::with_capacity(target);
+        grown.extend_from_slice(self.chunk.as_ref());
         self.chunk = grown;
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 mod access_log;
 mod append;
+mod chunk_buf;
 mod conn;
 mod drain;
 mod error;

@@ -620,18 +620,21 @@ impl Writer {
                 "store log rolled to a new segment"
             );
         }
-        let pos = self.segment.pos() + self.batch.len() as u64;
-        match (spec, request) {
+        if self.batch.is_empty() {
+            self.batch
+                .begin(self.segment.pos(), self.segment.direct_align());
+        }
+        let at = match (spec, request) {
             (Spec::Append { .. }, Request::Append { data, crc, .. }) => {
-                self.batch.push_append(&record, data.clone(), *crc);
                 self.shared
                     .metrics
                     .appended_bytes
                     .fetch_add(data.len() as u64, Relaxed);
+                self.batch.push_append(&record, data.clone(), *crc)
             }
             _ => self.batch.push(&record),
-        }
-        Ok((self.segment.id().packed(), pos))
+        };
+        Ok((self.segment.id().packed(), self.segment.pos() + at as u64))
     }
 
     /// Writes the buffer to the segment and fdatasyncs it. A failed write is cut back, so the
@@ -687,10 +690,11 @@ impl Writer {
     }
 }
 
-/// Disk bytes an append of `len` bytes may take: its record, a create and a seal. The room
-/// check and `/readyz` use the same figure, so a disk one append short of room is not ready.
+/// Disk bytes an append of `len` bytes may take: its record, the pad that may place it, a
+/// create and a seal. The room check and `/readyz` use the same figure, so a disk one append
+/// short of room is not ready.
 fn disk_bytes(len: usize) -> u64 {
-    2 * super::log::HEADER_LEN as u64 + 64 + len as u64
+    2 * super::log::HEADER_LEN as u64 + 64 + super::log::PAD_MAX + len as u64
 }
 
 /// The outcome of one request and the records it needs (at most create, append, seal).
