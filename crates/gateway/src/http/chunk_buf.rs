@@ -11,8 +11,9 @@ use std::ptr::NonNull;
 
 use bytes::Bytes;
 
-/// Capacities from which a buffer starts on a page. The store writes data from where it is
-/// only from 16 KiB on (`log::ALIGNED_MIN`); jemalloc rounds such sizes to pages anyway.
+/// Capacities from which a buffer starts on a page: jemalloc gives such sizes whole pages
+/// anyway (the store writes data from where it is from 64 KiB on, `log::ALIGNED_MIN`, and a
+/// chunk buffer grows from 16 KiB).
 pub(super) const ALIGNED_FROM: usize = 16 << 10;
 const PAGE: usize = 4096;
 

@@ -26,6 +26,8 @@ pub(super) struct Metrics {
     /// Zero bytes written ahead of the log's end (`SegmentWriter::prepare`).
     pub(super) prepared_bytes: AtomicU64,
     pub(super) appended_bytes: AtomicU64,
+    /// Pad records placing appends' data on a block (`log::Batch::push_append`).
+    pub(super) padded_bytes: AtomicU64,
     pub(super) checkpoints: AtomicU64,
     /// Reads refused because a record failed its checksum.
     pub(super) corrupt_reads: AtomicU64,
@@ -52,6 +54,7 @@ impl Metrics {
             fsyncs: AtomicU64::new(0),
             prepared_bytes: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
+            padded_bytes: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
             no_space: AtomicU64::new(0),
@@ -95,6 +98,12 @@ impl Metrics {
                 "appended_bytes_total",
                 "stream bytes appended",
                 &self.appended_bytes,
+            ),
+            (
+                "padded_bytes_total",
+                "log bytes of pad records that place an append's data on a 4 KiB block, so a \
+                 direct write takes it from the request's buffer",
+                &self.padded_bytes,
             ),
             (
                 "checkpoints_total",

@@ -622,15 +622,18 @@ impl Writer {
         }
         if self.batch.is_empty() {
             self.batch
-                .begin(self.segment.pos(), self.segment.direct_align());
+                .begin(self.segment.pos(), self.segment.is_direct());
         }
         let at = match (spec, request) {
             (Spec::Append { .. }, Request::Append { data, crc, .. }) => {
-                self.shared
-                    .metrics
-                    .appended_bytes
-                    .fetch_add(data.len() as u64, Relaxed);
-                self.batch.push_append(&record, data.clone(), *crc)
+                let before = self.batch.len();
+                let at = self.batch.push_append(&record, data.clone(), *crc);
+                let metrics = &self.shared.metrics;
+                metrics.appended_bytes.fetch_add(data.len() as u64, Relaxed);
+                metrics
+                    .padded_bytes
+                    .fetch_add((at - before) as u64, Relaxed);
+                at
             }
             _ => self.batch.push(&record),
         };
