@@ -291,7 +291,10 @@ async fn acknowledged_bytes_survive_kill_9() {
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .map(|log| log.windows(8).filter(|w| w == b"EWGS\x05\0\0\0").count())
         .sum();
-    assert!(pads > 0, "no pad record in the log: the aligned path went untested");
+    assert!(
+        pads > 0,
+        "no pad record in the log: the aligned path went untested"
+    );
 }
 
 /// Not a test of its own: the body of the child process the crash tests run (it does nothing

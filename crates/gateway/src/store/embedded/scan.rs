@@ -238,3 +238,73 @@ impl fmt::Display for DamageReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::embedded::log::{APPEND_DATA_OFFSET, Batch, SegmentWriter};
+
+    /// A torn write can leave a pad record intact between its torn blocks: the walk still sees
+    /// one unreadable region running to the end (a torn tail), not damage followed by a record.
+    #[test]
+    fn a_pad_left_intact_inside_a_torn_write_is_not_a_record_after_damage() {
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+        fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
+        let id = SegmentId::new(1, 0);
+        let mut writer =
+            SegmentWriter::open(dir.path(), id, 0, true).unwrap_or_else(|err| panic!("{err}"));
+        let mut vec = vec![7u8; (64 << 10) + 4096];
+        let off = vec.as_ptr().align_offset(4096);
+        vec[..off].fill(0);
+        let big = Bytes::from(vec).slice(off..off + (64 << 10));
+        let small = Bytes::from(vec![5u8; 1000]);
+        let mut batch = Batch::default();
+        batch.begin(0, writer.is_direct());
+        let seal = Record::Seal { key: 9, time: 1 };
+        batch.push(&seal);
+        let mut at = Vec::new();
+        for (offset, data) in [(0, &small), (1000, &big)] {
+            let record = Record::Append {
+                key: 1,
+                offset,
+                time: 2,
+                data,
+            };
+            at.push(batch.push_append(&record, data.clone(), crc32fast::hash(data)) as u64);
+        }
+        let end = batch.len() as u64;
+        if writer.write_durably(&batch).is_err() {
+            panic!("write failed");
+        }
+        let path = id.path(dir.path());
+        let mut bytes = fs::read(&path).unwrap_or_else(|err| panic!("{err}"));
+        let pad = at[0] + APPEND_DATA_OFFSET + 1000;
+        assert!(at[1] > pad, "a pad between the two appends");
+        // torn: a block of the small append's data and one of the big one's
+        bytes[(at[0] + APPEND_DATA_OFFSET + 10) as usize] ^= 0xff;
+        bytes[(at[1] + APPEND_DATA_OFFSET + 5000) as usize] ^= 0xff;
+        fs::write(&path, &bytes).unwrap_or_else(|err| panic!("{err}"));
+        let mut events = Vec::new();
+        walk(dir.path(), &[id], (1, 0), Tail::Exact, |event| {
+            events.push(match event {
+                Event::Record { pos, .. } => format!("record at {pos}"),
+                Event::Bad(region) => format!("bad {}..{}", region.pos, region.pos + region.len),
+            });
+            Ok(())
+        })
+        .unwrap_or_else(|err| panic!("{err}"));
+        let file_len = bytes.len() as u64;
+        assert!(file_len >= end);
+        assert_eq!(
+            events,
+            vec![
+                "record at 0".to_owned(),
+                format!("bad {}..{file_len}", at[0])
+            ]
+        );
+    }
+}
