@@ -277,6 +277,12 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
         "store {shown}: {} segments, {} records, {} bytes read",
         check.segments, check.records, check.bytes
     );
+    if check.pad_bytes > 0 {
+        println!(
+            "of them {} bytes of pad records (they place chunks on 4 KiB blocks; not data)",
+            check.pad_bytes
+        );
+    }
     if check.prepared_bytes > 0 {
         println!(
             "log end: followed by {} zero bytes written ahead of it (not data; the store was not closed cleanly)",

@@ -110,9 +110,15 @@ fn compact_one(shared: &Shared, id: SegmentId) -> Result<u64, StoreError> {
         let txn = shared.db.begin_read().map_err(db_err)?;
         let snapshot = Snapshot::new(&txn)?;
         scan::walk(dir, &[id], (id.number, 0), Tail::Exact, |event| {
-            let Event::Record { record, pos, .. } = event else {
-                damaged = true;
-                return Ok(());
+            let (record, pos) = match event {
+                Event::Record { record, pos, .. } => (record, pos),
+                // a pad is not copied: the new generation is written through a buffer, where data
+                // needs no placing on a block
+                Event::Pad { .. } => return Ok(()),
+                Event::Bad(_) => {
+                    damaged = true;
+                    return Ok(());
+                }
             };
             let keep = match record {
                 Record::Create { key, .. } | Record::Seal { key, .. } => snapshot.has_key(key)?,

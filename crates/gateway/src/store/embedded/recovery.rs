@@ -96,6 +96,12 @@ fn replay(tables: &mut Tables<'_>, dir: &Path, max_write: u64) -> Result<Recover
             bad.push(region);
             Ok(())
         }
+        Event::Pad { len } => {
+            if bad.is_empty() {
+                report.bytes += len;
+            }
+            Ok(())
+        }
         Event::Record {
             record,
             segment,

@@ -33,6 +33,8 @@ pub struct CheckReport {
     pub segments: usize,
     pub records: u64,
     pub bytes: u64,
+    /// Of `bytes`, those of pad records (they place data on a block; see ARCHITECTURE.md).
+    pub pad_bytes: u64,
     /// Records `repair` would move to quarantine besides the unreadable regions.
     pub records_to_quarantine: u64,
 }
@@ -174,6 +176,10 @@ fn analyze(config: &EmbeddedConfig) -> Result<Analysis, StoreError> {
                 dirty.insert(region.segment);
                 regions.push(region);
                 valid_after_last_bad = false;
+            }
+            Event::Pad { len } => {
+                report.bytes += len;
+                report.pad_bytes += len;
             }
             Event::Record {
                 record,
@@ -321,6 +327,9 @@ fn rewrite(
                         Some(why) => (why.clone(), pos),
                     }
                 }
+                // a pad is not kept: the new generation is written through a buffer, where data
+                // needs no placing on a block
+                Event::Pad { .. } => return Ok(()),
                 Event::Bad(region) => {
                     buf.resize(region.len as usize, 0);
                     source.read_exact_at(&mut buf, region.pos)?;

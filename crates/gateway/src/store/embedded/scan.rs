@@ -35,6 +35,10 @@ pub(super) enum Event<'a> {
         len: u64,
     },
     Bad(Region),
+    /// A pad record (`len` bytes): no data, only where the next record's data goes.
+    Pad {
+        len: u64,
+    },
 }
 
 /// How a walk treats zeros ending the last segment walked.
@@ -83,13 +87,14 @@ pub(super) fn walk(
             match log::read_record(&mut reader, &mut payload) {
                 Ok(Some(kind)) => {
                     let len = (HEADER_LEN + payload.len()) as u64;
-                    if let Some(record) = log::decode_checked(kind, &payload) {
-                        f(Event::Record {
+                    match log::decode_checked(kind, &payload) {
+                        Some(record) => f(Event::Record {
                             record,
                             segment: id,
                             pos,
                             len,
-                        })?;
+                        })?,
+                        None => f(Event::Pad { len })?,
                     }
                     pos += len;
                 }
@@ -293,6 +298,7 @@ mod tests {
             events.push(match event {
                 Event::Record { pos, .. } => format!("record at {pos}"),
                 Event::Bad(region) => format!("bad {}..{}", region.pos, region.pos + region.len),
+                Event::Pad { len } => format!("pad of {len}"),
             });
             Ok(())
         })
