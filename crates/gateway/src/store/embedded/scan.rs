@@ -289,12 +289,35 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap_or_else(|err| panic!("{err}"));
         let pad = at[0] + APPEND_DATA_OFFSET + 1000;
         assert!(at[1] > pad, "a pad between the two appends");
+        // intact, the walk reports the pad between the records
+        assert_eq!(
+            events_of(dir.path(), id),
+            vec![
+                "record at 0".to_owned(),
+                format!("record at {}", at[0]),
+                format!("pad of {}", at[1] - pad),
+                format!("record at {}", at[1]),
+            ]
+        );
         // torn: a block of the small append's data and one of the big one's
         bytes[(at[0] + APPEND_DATA_OFFSET + 10) as usize] ^= 0xff;
         bytes[(at[1] + APPEND_DATA_OFFSET + 5000) as usize] ^= 0xff;
         fs::write(&path, &bytes).unwrap_or_else(|err| panic!("{err}"));
+        let file_len = bytes.len() as u64;
+        assert!(file_len >= end);
+        assert_eq!(
+            events_of(dir.path(), id),
+            vec![
+                "record at 0".to_owned(),
+                format!("bad {}..{file_len}", at[0])
+            ]
+        );
+    }
+
+    /// What a walk of segment `id` (whole, every byte the log's) reports, one line per event.
+    fn events_of(dir: &Path, id: SegmentId) -> Vec<String> {
         let mut events = Vec::new();
-        walk(dir.path(), &[id], (1, 0), Tail::Exact, |event| {
+        walk(dir, &[id], (id.number, 0), Tail::Exact, |event| {
             events.push(match event {
                 Event::Record { pos, .. } => format!("record at {pos}"),
                 Event::Bad(region) => format!("bad {}..{}", region.pos, region.pos + region.len),
@@ -303,14 +326,6 @@ mod tests {
             Ok(())
         })
         .unwrap_or_else(|err| panic!("{err}"));
-        let file_len = bytes.len() as u64;
-        assert!(file_len >= end);
-        assert_eq!(
-            events,
-            vec![
-                "record at 0".to_owned(),
-                format!("bad {}..{file_len}", at[0])
-            ]
-        );
+        events
     }
 }
