@@ -128,8 +128,9 @@ impl Record<'_> {
 
 /// The records of one batch, as `write_durably` writes them: their heads (header and fixed
 /// fields) encoded back to back, and the data of append records as the `Bytes` the requests
-/// brought. Nothing is copied in user space; the kernel's copy into the page cache is the only
-/// one (a 4 MiB batch buffer cost the writer thread a fifth of its time in `memmove`).
+/// brought. Written buffered, nothing is copied in user space (the kernel copies into the
+/// page cache); direct, everything but the whole blocks of [`Part::Aligned`] data is copied
+/// into the staging buffer (see [`Direct::write`]).
 #[derive(Default)]
 pub(super) struct Batch {
     heads: Vec<u8>,
