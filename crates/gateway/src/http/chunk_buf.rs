@@ -53,10 +53,10 @@ impl ChunkBuf {
 
     /// The allocation's layout for `cap` bytes; `None` for 0 (nothing allocated).
     fn layout(cap: usize) -> Option<Layout> {
-        let align = if cap >= ALIGNED_FROM { PAGE } else { 1 };
         if cap == 0 {
             return None;
         }
+        let align = if cap >= ALIGNED_FROM { PAGE } else { 1 };
         // a chunk is far below isize::MAX; a size that is not is a caller's bug
         Some(Layout::from_size_align(cap, align).unwrap_or_else(|_| {
             panic!("chunk buffer of {cap} bytes");

@@ -1021,18 +1021,6 @@ impl SegmentWriter {
     }
 }
 
-/// Reads the record at `pos` of `file` (`file_len` bytes) into `payload` and checks its frame,
-/// checksum and shape: whether a valid record is there.
-#[cfg(test)]
-pub(super) fn read_record_at(
-    file: &File,
-    pos: u64,
-    file_len: u64,
-    payload: &mut Vec<u8>,
-) -> io::Result<bool> {
-    Ok(record_kind_at(file, pos, file_len, payload)?.is_some())
-}
-
 /// The type of the valid record at `pos` of `file` (`file_len` bytes), read into `payload`
 /// with its frame, checksum and shape checked; `None` when none is there.
 fn record_kind_at(
@@ -1177,7 +1165,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -1256,8 +1244,16 @@ mod tests {
         let file = File::open(&path).unwrap();
         let len = buf.len() as u64;
         let mut payload = Vec::new();
-        assert!(read_record_at(&file, 0, len, &mut payload).unwrap());
-        assert!(!read_record_at(&file, garbage_at, len, &mut payload).unwrap());
+        assert!(
+            record_kind_at(&file, 0, len, &mut payload)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            record_kind_at(&file, garbage_at, len, &mut payload)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             find_next_record(&file, garbage_at, len).unwrap(),
             Some(next_at)
@@ -1286,11 +1282,7 @@ mod tests {
     }
 
     fn batch_written_whole(direct: bool) {
-        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        std::fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
-        let id = SegmentId::new(1, 0);
-        let mut writer =
-            SegmentWriter::open(dir.path(), id, 0, direct).unwrap_or_else(|err| panic!("{err}"));
+        let (dir, id, mut writer) = new_segment(direct);
         // data larger than a write piece, small data, an empty append: pieces split data and
         // heads at every boundary
         let sizes = [2 * WRITE_PIECE + 777, 100, 0, WRITE_PIECE - 40, 3];
@@ -1360,11 +1352,7 @@ mod tests {
     }
 
     fn zeros_ahead(direct: bool) {
-        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
-        let id = SegmentId::new(1, 0);
-        let mut writer =
-            SegmentWriter::open(dir.path(), id, 0, direct).unwrap_or_else(|err| panic!("{err}"));
+        let (dir, id, mut writer) = new_segment(direct);
         let len = |w: &SegmentWriter| w.file().metadata().map(|m| m.len()).unwrap_or(0);
         writer.prepare().unwrap_or_else(|err| panic!("{err}"));
         writer.prepare().unwrap_or_else(|err| panic!("{err}"));
@@ -1398,7 +1386,7 @@ mod tests {
         // a zero run longer than allowed is not a prepared end
         assert_eq!(found(0, PREPARED_MAX - pos - 1), Some(PREPARED_MAX));
         let mut payload = Vec::new();
-        assert!(read_record_at(&file, 0, pos, &mut payload).unwrap_or(false));
+        assert!(record_kind_at(&file, 0, pos, &mut payload).is_ok_and(|kind| kind.is_some()));
         writer.trim().unwrap_or_else(|err| panic!("{err}"));
         assert_eq!((writer.ahead(), len(&writer)), (0, pos));
         // a file ending in a non-zero byte has no zero tail
@@ -1416,11 +1404,7 @@ mod tests {
 
     #[test]
     fn direct_writes_ending_on_a_staging_boundary_and_rolling_keep_every_byte() {
-        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
-        let id = SegmentId::new(1, 0);
-        let mut writer =
-            SegmentWriter::open(dir.path(), id, 0, true).unwrap_or_else(|err| panic!("{err}"));
+        let (dir, id, mut writer) = new_segment(true);
         let mut expected = Vec::new();
         let write = |writer: &mut SegmentWriter, expected: &mut Vec<u8>, len: usize, byte: u8| {
             let data = Bytes::from(vec![byte; len]);
@@ -1471,8 +1455,21 @@ mod tests {
         let next = SegmentId::new(2, 0).path(dir.path());
         assert_eq!(log_bytes(&next, expected.len(), true), expected);
     }
+    /// Segment 1 of a fresh store directory (kept while the `TempDir` lives), open for
+    /// writing at 0, with direct writes if `direct` and the filesystem takes them.
+    pub(in crate::store::embedded) fn new_segment(
+        direct: bool,
+    ) -> (tempfile::TempDir, SegmentId, SegmentWriter) {
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+        fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
+        let id = SegmentId::new(1, 0);
+        let writer =
+            SegmentWriter::open(dir.path(), id, 0, direct).unwrap_or_else(|err| panic!("{err}"));
+        (dir, id, writer)
+    }
+
     /// `len` bytes of `byte` in a buffer whose address is a multiple of 4096.
-    fn aligned_bytes(len: usize, byte: u8) -> Bytes {
+    pub(in crate::store::embedded) fn aligned_bytes(len: usize, byte: u8) -> Bytes {
         let mut vec = vec![byte; len + 4096];
         let off = vec.as_ptr().align_offset(4096);
         vec[..off].fill(0xee);
@@ -1481,11 +1478,7 @@ mod tests {
 
     #[test]
     fn direct_writes_take_aligned_data_from_its_buffer_placed_by_pads() {
-        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
-        let id = SegmentId::new(1, 0);
-        let mut writer =
-            SegmentWriter::open(dir.path(), id, 0, true).unwrap_or_else(|err| panic!("{err}"));
+        let (dir, id, mut writer) = new_segment(true);
         assert!(writer.is_direct(), "this filesystem refuses O_DIRECT");
         // aligned chunks of several sizes (one spanning the staging buffer's end, one ending
         // on a block), unaligned and short data between them, a record without data

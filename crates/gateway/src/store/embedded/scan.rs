@@ -251,21 +251,15 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::store::embedded::log::{APPEND_DATA_OFFSET, Batch, SegmentWriter};
+    use crate::store::embedded::log::tests::{aligned_bytes, new_segment};
+    use crate::store::embedded::log::{APPEND_DATA_OFFSET, Batch};
 
     /// A torn write can leave a pad record intact between its torn blocks: the walk still sees
     /// one unreadable region running to the end (a torn tail), not damage followed by a record.
     #[test]
     fn a_pad_left_intact_inside_a_torn_write_is_not_a_record_after_damage() {
-        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
-        fs::create_dir_all(dir.path().join("segments")).unwrap_or_else(|err| panic!("{err}"));
-        let id = SegmentId::new(1, 0);
-        let mut writer =
-            SegmentWriter::open(dir.path(), id, 0, true).unwrap_or_else(|err| panic!("{err}"));
-        let mut vec = vec![7u8; (64 << 10) + 4096];
-        let off = vec.as_ptr().align_offset(4096);
-        vec[..off].fill(0);
-        let big = Bytes::from(vec).slice(off..off + (64 << 10));
+        let (dir, id, mut writer) = new_segment(true);
+        let big = aligned_bytes(64 << 10, 7);
         let small = Bytes::from(vec![5u8; 1000]);
         let mut batch = Batch::default();
         batch.begin(0, writer.is_direct());
