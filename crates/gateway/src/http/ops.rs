@@ -102,6 +102,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "body bytes held in memory now",
         state.budget.in_use(),
     );
+    write_gauge(
+        &mut out,
+        "engine_gateway_chunk_pool_bytes",
+        "free body buffers kept for reuse (at most 4 MiB, given back after 1 s unused)",
+        super::chunk_buf::pooled_bytes(),
+    );
     state.store.write_metrics(&mut out);
     // memwatch's figures, peaks, recorder and post-mortem; /proc reads, so off the workers.
     let memory = state.memory.clone();
