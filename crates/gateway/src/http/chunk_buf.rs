@@ -146,7 +146,7 @@ impl Drop for ChunkBuf {
 pub(super) const POOL_BYTES: usize = 4 << 20;
 
 /// A pooled buffer unused this long goes back to the allocator.
-pub(super) const POOL_IDLE: Duration = Duration::from_secs(1);
+pub(super) const POOL_IDLE: Duration = Duration::from_millis(500);
 
 /// Bytes of free buffers in the pool, for the gauge.
 static POOLED_BYTES: AtomicU64 = AtomicU64::new(0);
