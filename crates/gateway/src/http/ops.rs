@@ -105,7 +105,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     write_gauge(
         &mut out,
         "engine_gateway_chunk_pool_bytes",
-        "free body buffers kept for reuse (at most 4 MiB, given back after 500 ms unused)",
+        "free body buffers kept for reuse (at most 8 MiB, given back after 500 ms unused)",
         super::chunk_buf::pooled_bytes(),
     );
     state.store.write_metrics(&mut out);
