@@ -50,7 +50,7 @@ use std::path::PathBuf;
 
 pub use alloc::{
     Allocator, DEFAULT_MALLOC_CONF, FOLD_THRESHOLD, MallocConf, allocated_bytes, dump_heap_profile,
-    flush_thread, peek_peak, profiling_enabled,
+    flush_thread, peek_peak, profiling_enabled, release_unused,
 };
 pub use backtrace::{
     __apply_backtrace_policy_before_main, BacktracePolicy, PolicyAction, apply_backtrace_policy,
@@ -85,6 +85,12 @@ pub enum Error {
         what: &'static str,
         /// jemalloc's errno-style failure (not a `std::error::Error` without its `use_std`).
         code: tikv_jemalloc_ctl::Error,
+    },
+    /// A jemalloc control that takes no value failed (its code is an errno value).
+    #[error("jemalloc {what}: {source}")]
+    Control {
+        what: &'static str,
+        source: std::io::Error,
     },
     /// Heap profiling is not enabled (`opt.prof` is false): see [`malloc_conf!`].
     #[error("jemalloc heap profiling is not enabled (set malloc_conf or MALLOC_CONF=prof:true)")]

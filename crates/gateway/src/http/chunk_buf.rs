@@ -11,7 +11,8 @@
 //! from the allocator, which for such sizes takes its arena's lock, maps pages anew after it
 //! purged them, and samples one allocation in eight of 64 KiB for the heap profile (an unwind
 //! of the stack). The pool holds at most [`POOL_BYTES`]; what it holds goes back to the
-//! allocator once unused for [`POOL_IDLE`], so a gateway at rest keeps none of it.
+//! allocator once unused for [`POOL_IDLE`], and when that empties the pool (the gateway is at
+//! rest) the allocator is told to give its freed pages back at once, so none of it stays.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -237,7 +238,7 @@ fn pool_put(ptr: NonNull<u8>, cap: usize) -> bool {
 /// [`POOL_IDLE`] and sleeps until the oldest one left would be.
 fn trim_idle() {
     loop {
-        let wait = {
+        let (wait, emptied) = {
             let mut pool = pool();
             let now = Instant::now();
             let idle = pool
@@ -254,10 +255,18 @@ fn trim_idle() {
                 }
             }
             pool.bytes = pool.free.iter().map(|f| f.cap).sum();
-            pool.free
+            let wait = pool
+                .free
                 .first()
-                .map(|f| POOL_IDLE.saturating_sub(now.duration_since(f.since)))
+                .map(|f| POOL_IDLE.saturating_sub(now.duration_since(f.since)));
+            (wait, idle > 0 && pool.free.is_empty())
         };
+        if emptied {
+            // Every buffer went unused for POOL_IDLE: the gateway is at rest, and the allocator
+            // would keep the freed pages until its next burst of activity (a failure only
+            // leaves them resident).
+            let _ = memwatch::release_unused();
+        }
         match wait {
             Some(wait) => std::thread::park_timeout(wait.max(Duration::from_millis(10))),
             None => std::thread::park(),
