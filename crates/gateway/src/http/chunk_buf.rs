@@ -16,8 +16,6 @@
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -135,10 +133,19 @@ impl Drop for ChunkBuf {
         if self.cap >= ALIGNED_FROM && pool_put(self.ptr, self.cap) {
             return;
         }
-        if let Some(layout) = Self::layout(self.cap) {
-            // SAFETY: allocated in `with_capacity` with this layout, freed once.
-            unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
-        }
+        // SAFETY: allocated in `with_capacity` for `cap` bytes; this buffer owned it alone.
+        unsafe { dealloc(self.ptr, self.cap) };
+    }
+}
+
+/// Frees an allocation of [`ChunkBuf::with_capacity`] (nothing for a capacity of 0).
+///
+/// # Safety
+/// `ptr` was allocated there for `cap` bytes, and nothing uses it afterwards.
+unsafe fn dealloc(ptr: NonNull<u8>, cap: usize) {
+    if let Some(layout) = ChunkBuf::layout(cap) {
+        // SAFETY: the caller's promise; `layout` is the one it was allocated with.
+        unsafe { alloc::dealloc(ptr.as_ptr(), layout) };
     }
 }
 
@@ -150,9 +157,6 @@ pub(super) const POOL_BYTES: usize = 8 << 20;
 
 /// A pooled buffer unused this long goes back to the allocator.
 pub(super) const POOL_IDLE: Duration = Duration::from_millis(500);
-
-/// Bytes of free buffers in the pool, for the gauge.
-static POOLED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Free page-aligned buffers, oldest first.
 struct Pool {
@@ -188,7 +192,7 @@ fn pool() -> MutexGuard<'static, Pool> {
 
 /// Bytes of free buffers the pool holds now (`engine_gateway_chunk_pool_bytes`).
 pub(crate) fn pooled_bytes() -> u64 {
-    POOLED_BYTES.load(Relaxed)
+    pool().bytes as u64
 }
 
 /// The most recently returned free buffer of exactly `cap` bytes.
@@ -200,7 +204,6 @@ fn pool_take(cap: usize) -> Option<NonNull<u8>> {
     let i = pool.free.iter().rposition(|f| f.cap == cap)?;
     let free = pool.free.remove(i);
     pool.bytes -= cap;
-    POOLED_BYTES.store(pool.bytes as u64, Relaxed);
     Some(free.ptr)
 }
 
@@ -227,7 +230,6 @@ fn pool_put(ptr: NonNull<u8>, cap: usize) -> bool {
         since: Instant::now(),
     });
     pool.bytes += cap;
-    POOLED_BYTES.store(pool.bytes as u64, Relaxed);
     if was_empty && let Some(trimmer) = &pool.trimmer {
         trimmer.unpark();
     }
@@ -238,29 +240,28 @@ fn pool_put(ptr: NonNull<u8>, cap: usize) -> bool {
 /// [`POOL_IDLE`] and sleeps until the oldest one left would be.
 fn trim_idle() {
     loop {
-        let (wait, emptied) = {
+        let now = Instant::now();
+        let (idle, wait) = {
             let mut pool = pool();
-            let now = Instant::now();
-            let idle = pool
+            let count = pool
                 .free
                 .iter()
                 .take_while(|f| now.duration_since(f.since) >= POOL_IDLE)
                 .count();
-            for f in pool.free.drain(..idle) {
-                POOLED_BYTES.fetch_sub(f.cap as u64, Relaxed);
-                if let Some(layout) = ChunkBuf::layout(f.cap) {
-                    // SAFETY: allocated in `with_capacity` with this layout; the pool owned it
-                    // alone and lets go of it here.
-                    unsafe { alloc::dealloc(f.ptr.as_ptr(), layout) };
-                }
-            }
-            pool.bytes = pool.free.iter().map(|f| f.cap).sum();
+            let idle: Vec<Free> = pool.free.drain(..count).collect();
+            pool.bytes -= idle.iter().map(|f| f.cap).sum::<usize>();
             let wait = pool
                 .free
                 .first()
                 .map(|f| POOL_IDLE.saturating_sub(now.duration_since(f.since)));
-            (wait, idle > 0 && pool.free.is_empty())
+            (idle, wait)
         };
+        // freed with the pool unlocked: requests take and return buffers meanwhile
+        let emptied = !idle.is_empty() && wait.is_none();
+        for f in idle {
+            // SAFETY: allocated in `with_capacity` for `cap` bytes; the pool owned it alone.
+            unsafe { dealloc(f.ptr, f.cap) };
+        }
         if emptied {
             // Every buffer went unused for POOL_IDLE: the gateway is at rest, and the allocator
             // would keep the freed pages until its next burst of activity (a failure only

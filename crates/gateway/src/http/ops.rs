@@ -102,11 +102,16 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "body bytes held in memory now",
         state.budget.in_use(),
     );
+    use super::chunk_buf::{POOL_BYTES, POOL_IDLE, pooled_bytes};
     write_gauge(
         &mut out,
         "engine_gateway_chunk_pool_bytes",
-        "free body buffers kept for reuse (at most 8 MiB, given back after 500 ms unused)",
-        super::chunk_buf::pooled_bytes(),
+        &format!(
+            "free body buffers kept for reuse (at most {} MiB, given back after {} ms unused)",
+            POOL_BYTES >> 20,
+            POOL_IDLE.as_millis()
+        ),
+        pooled_bytes(),
     );
     state.store.write_metrics(&mut out);
     // memwatch's figures, peaks, recorder and post-mortem; /proc reads, so off the workers.
