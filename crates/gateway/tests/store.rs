@@ -641,6 +641,49 @@ fn counter(store: &EmbeddedStore, name: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
+/// One stream of appends, each followed by a wait (as a connection waits for its next
+/// request), on a runtime of one thread like the gateway's connection threads: zeros are
+/// written ahead of the log's end after an append is answered, by a task on that thread, and
+/// the appends still commit inline (but for a few after a write slower than the inline limit).
+/// Every byte reads back after a reopen.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_stream_gets_zeros_ahead_and_keeps_committing_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(prepared_config(dir.path())).await.unwrap();
+    let id = sid("lone");
+    let (n, len) = (128u64, 64u64 << 10);
+    let mut offset = 0;
+    for _ in 0..n {
+        let data: Vec<u8> = (offset..offset + len).map(|o| content(3, o)).collect();
+        offset = store
+            .append(&id, offset, Bytes::from(data), false)
+            .await
+            .unwrap()
+            .offset;
+        tokio::task::yield_now().await;
+    }
+    let prepared = counter(&store, "engine_gateway_store_prepared_bytes_total");
+    let batches = counter(&store, "engine_gateway_store_batches_total");
+    let inline = counter(&store, "engine_gateway_store_inline_batches_total");
+    // 8 MiB of appends: zeros are written 512 KiB at a time while the zeros ahead run short
+    assert!(
+        prepared >= 4 << 20,
+        "only {prepared} bytes of zeros written ahead"
+    );
+    assert!(
+        inline * 4 >= batches * 3,
+        "only {inline} of {batches} appends committed inline"
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(prepared_config(dir.path())).await.unwrap();
+    let expected: Vec<u8> = (0..n * len).map(|o| content(3, o)).collect();
+    assert!(
+        read_to_end(&store, &id, "lone").await == expected,
+        "the stream reads back changed"
+    );
+}
+
 /// With nothing queued an append commits on its own task (no trip through the writer thread);
 /// under concurrency appends queue and share batches. Either way every byte is there after a
 /// reopen, in order.

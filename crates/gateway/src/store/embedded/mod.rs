@@ -440,7 +440,10 @@ impl Store for EmbeddedStore {
         let alone = Appending::enter(&self.appending);
         let request = if alone.first && self.tx.capacity() == self.tx.max_capacity() {
             match Writer::commit_inline(&self.log, request, INLINE_WRITE_MAX) {
-                Ok(()) => {
+                Ok(prepare) => {
+                    if prepare {
+                        writer::prepare_after(&self.log, self.tx.downgrade());
+                    }
                     return rx.try_recv().unwrap_or_else(|_| {
                         Err(StoreError::internal("an inline commit gave no answer"))
                     });

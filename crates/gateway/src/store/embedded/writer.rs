@@ -41,8 +41,8 @@ pub(super) enum Request {
     Close {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// Write zeros ahead of the log's end, if still wanted (sent by an inline commit, which
-    /// must not do it on the request's time; see [`Writer::prepare`]).
+    /// Write zeros ahead of the log's end, if still wanted: for an inline commit whose own
+    /// runtime thread could not ([`prepare_after`]; see [`Writer::prepare`]).
     Prepare,
     /// An inline commit used the direct-write staging buffer: the writer thread gives its
     /// pages back once the store is idle (see [`STAGING_IDLE`]).
@@ -206,7 +206,7 @@ pub(super) struct Prepare {
     /// The writer thread's queue, for an inline commit to hand the work over; weak, so the
     /// queue still closes when every store handle is gone.
     pub(super) queue: mpsc::WeakSender<Request>,
-    /// A [`Request::Prepare`] is queued.
+    /// A prepare is on its way: a [`Request::Prepare`] queued, or a task of [`prepare_after`].
     pub(super) queued: bool,
     /// The writer thread knows the staging buffer is in use and will give it back when idle
     /// (a [`Request::Idle`] was sent, or it committed a batch itself).
@@ -330,16 +330,64 @@ impl WriterThread {
     }
 }
 
+/// Writes the zeros an inline commit found short ([`Writer::commit_inline`] returned `true`)
+/// once the request is answered: on the caller's runtime thread, as a task that runs when the
+/// request's task next waits (its answer written, the next request not yet read), not on the
+/// writer thread. A lone stream's next append then finds the log free and commits inline again,
+/// where with the writer thread busy writing zeros it went through the queue, with the two
+/// thread wake-ups of that round trip, about one append in eight. Outside a runtime, with the
+/// log busy (a batch of the writer thread, which prepares after it), or if the task never runs,
+/// the request goes to the writer thread instead.
+pub(super) fn prepare_after(writer: &Arc<Mutex<Writer>>, queue: mpsc::WeakSender<Request>) {
+    /// Hands the prepare to the writer thread unless it was done here.
+    struct Handover {
+        queue: Option<mpsc::WeakSender<Request>>,
+    }
+    impl Handover {
+        fn done(&mut self) {
+            self.queue = None;
+        }
+    }
+    impl Drop for Handover {
+        fn drop(&mut self) {
+            // the writer thread clears `queued` when it takes the request; a closed or full
+            // queue means a closing store or a busy writer thread, which prepares after its
+            // batches regardless of `queued`
+            if let Some(queue) = self.queue.take().and_then(|q| q.upgrade()) {
+                let _ = queue.try_send(Request::Prepare);
+            }
+        }
+    }
+    let mut handover = Handover { queue: Some(queue) };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let writer = Arc::clone(writer);
+    runtime.spawn(async move {
+        let Ok(mut writer) = writer.try_lock() else {
+            return;
+        };
+        handover.done();
+        writer.prepare.queued = false;
+        if writer.wants_prepare() {
+            writer.prepare();
+        }
+    });
+}
+
 impl Writer {
     /// Commits `request` on the calling thread if nothing else is being committed, the store
     /// is open and the log's last write and sync took at most `fast` (a slow disk would hold
     /// the caller that long): returns it back otherwise, to be queued. `close` marks the store
     /// closed before its final checkpoint takes this lock, so nothing commits after that.
+    ///
+    /// `Ok(true)`: the zeros ahead of the log's end run short; the caller has them written
+    /// once this request is answered ([`prepare_after`]), and nobody else asks meanwhile.
     pub(super) fn commit_inline(
         writer: &Mutex<Writer>,
         request: Request,
         fast: Duration,
-    ) -> Result<(), Request> {
+    ) -> Result<bool, Request> {
         let mut writer = match writer.try_lock() {
             Ok(writer) => writer,
             Err(_) => return Err(request),
@@ -349,14 +397,9 @@ impl Writer {
         }
         writer.process(&mut vec![request]);
         writer.shared.metrics.inline_batches.fetch_add(1, Relaxed);
-        if !writer.prepare.queued && writer.wants_prepare() {
-            // on the writer thread, not on this request's time; a full queue has work for it
-            // anyway, and the next batch asks again
-            if let Some(queue) = writer.prepare.queue.upgrade()
-                && queue.try_send(Request::Prepare).is_ok()
-            {
-                writer.prepare.queued = true;
-            }
+        let prepare = !writer.prepare.queued && writer.wants_prepare();
+        if prepare {
+            writer.prepare.queued = true;
         }
         if !writer.prepare.idle_queued && writer.segment.staging_touched() > 0 {
             // the writer thread sleeps until a request comes: wake it to time the idle period
@@ -366,7 +409,7 @@ impl Writer {
                 writer.prepare.idle_queued = true;
             }
         }
-        Ok(())
+        Ok(prepare)
     }
 
     /// Whether to write zeros ahead of the log's end now: batches are small, the zeros ahead
