@@ -43,6 +43,9 @@ pub struct Config {
     pub access_log: bool,
     /// Streams deleted for age or size (`[retention]`).
     pub retention: RetentionConfig,
+    /// The embedded store's log writes past the page cache (`O_DIRECT`; `[embedded]`
+    /// `direct_writes`, default on). Off, they go through the page cache.
+    pub direct_writes: bool,
 }
 
 /// Where JWTs are checked against.
@@ -91,6 +94,15 @@ struct FileConfig {
     nats: Option<store::FileNats>,
     #[serde(default)]
     retention: RetentionConfig,
+    #[serde(default)]
+    embedded: FileEmbedded,
+}
+
+/// The `[embedded]` section: how the embedded store writes its log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEmbedded {
+    direct_writes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +207,10 @@ impl Config {
             .or(limits.shutdown_delay_secs.map(Duration::from_secs))
             .unwrap_or(DEFAULT_SHUTDOWN_DELAY);
         let mut store = store::resolve(overrides.store, file.store, file.nats)?;
+        if matches!(store, StoreConfig::Nats { .. }) && file.embedded.direct_writes.is_some() {
+            bail!("embedded.direct_writes is a setting of the embedded store, not used with NATS");
+        }
+        let direct_writes = file.embedded.direct_writes.unwrap_or(true);
         let retention = file.retention;
         retention.validate().map_err(anyhow::Error::msg)?;
         if let StoreConfig::Nats { nats, .. } = &mut store {
@@ -225,6 +241,7 @@ impl Config {
             shutdown_delay,
             access_log: overrides.access_log.or(file.access_log).unwrap_or(false),
             retention,
+            direct_writes,
         };
         config.validate()?;
         Ok(config)
@@ -325,6 +342,44 @@ fn read_file(path: Option<&Path>, settings: &[overlay::Setting]) -> anyhow::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_logs_write_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        let load = |settings: Vec<overlay::Setting>, store: Option<&str>| {
+            Config::load(Overrides {
+                config: Some(file.clone()),
+                settings,
+                store: StoreOverrides {
+                    store: store.map(str::to_owned),
+                    ..StoreOverrides::default()
+                },
+                ..Overrides::default()
+            })
+        };
+        std::fs::write(&file, "").unwrap();
+        assert!(
+            load(Vec::new(), None).unwrap().direct_writes,
+            "on by default"
+        );
+        std::fs::write(&file, "[embedded]\ndirect_writes = false\n").unwrap();
+        assert!(!load(Vec::new(), None).unwrap().direct_writes);
+        // as ENGINE_GATEWAY_EMBEDDED__DIRECT_WRITES, over the file
+        let env = overlay::from_env([(
+            "ENGINE_GATEWAY_EMBEDDED__DIRECT_WRITES".to_owned(),
+            "true".to_owned(),
+        )]);
+        assert!(load(env, None).unwrap().direct_writes);
+        let err = load(Vec::new(), Some("nats://127.0.0.1:4222")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("embedded.direct_writes"),
+            "{err:#}"
+        );
+        std::fs::write(&file, "[embedded]\ndirect_writes = \"sometimes\"\n").unwrap();
+        let err = load(Vec::new(), None).unwrap_err();
+        assert!(format!("{err:#}").contains("direct_writes"), "{err:#}");
+    }
 
     #[test]
     fn precedence_and_validation() {

@@ -191,6 +191,7 @@ async fn open_backends_or_stop(
         StoreConfig::Embedded => {
             let store_config = EmbeddedConfig {
                 retention: config.retention.clone(),
+                direct_writes: config.direct_writes,
                 ..EmbeddedConfig::new(config.data_dir.join("store"))
             };
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(store_config))
