@@ -43,9 +43,10 @@ pub struct Config {
     pub access_log: bool,
     /// Streams deleted for age or size (`[retention]`).
     pub retention: RetentionConfig,
-    /// The embedded store's log writes past the page cache (`O_DIRECT`; `[embedded]`
-    /// `direct_writes`, default on). Off, they go through the page cache.
-    pub direct_writes: bool,
+    /// The embedded store's log written past the page cache (`O_DIRECT`) or through it, as
+    /// `[embedded]` `direct_writes` says; unset (`None`, the default), the store measures both
+    /// ways while it runs and keeps the faster.
+    pub direct_writes: Option<bool>,
 }
 
 /// Where JWTs are checked against.
@@ -210,7 +211,7 @@ impl Config {
         if matches!(store, StoreConfig::Nats { .. }) && file.embedded.direct_writes.is_some() {
             bail!("embedded.direct_writes is a setting of the embedded store, not used with NATS");
         }
-        let direct_writes = file.embedded.direct_writes.unwrap_or(true);
+        let direct_writes = file.embedded.direct_writes;
         let retention = file.retention;
         retention.validate().map_err(anyhow::Error::msg)?;
         if let StoreConfig::Nats { nats, .. } = &mut store {
@@ -359,18 +360,16 @@ mod tests {
             })
         };
         std::fs::write(&file, "").unwrap();
-        assert!(
-            load(Vec::new(), None).unwrap().direct_writes,
-            "on by default"
-        );
+        let unset = load(Vec::new(), None).unwrap().direct_writes;
+        assert_eq!(unset, None, "chosen while running by default");
         std::fs::write(&file, "[embedded]\ndirect_writes = false\n").unwrap();
-        assert!(!load(Vec::new(), None).unwrap().direct_writes);
+        assert_eq!(load(Vec::new(), None).unwrap().direct_writes, Some(false));
         // as ENGINE_GATEWAY_EMBEDDED__DIRECT_WRITES, over the file
         let env = overlay::from_env([(
             "ENGINE_GATEWAY_EMBEDDED__DIRECT_WRITES".to_owned(),
             "true".to_owned(),
         )]);
-        assert!(load(env, None).unwrap().direct_writes);
+        assert_eq!(load(env, None).unwrap().direct_writes, Some(true));
         let err = load(Vec::new(), Some("nats://127.0.0.1:4222")).unwrap_err();
         assert!(
             format!("{err:#}").contains("embedded.direct_writes"),

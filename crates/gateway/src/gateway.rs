@@ -13,7 +13,7 @@ use crate::config::{Config, StoreConfig};
 use crate::http::server::Drain;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::store::embedded::{EmbeddedConfig, EmbeddedStore};
+use crate::store::embedded::{EmbeddedConfig, EmbeddedStore, WriteTrials};
 use crate::store::nats::tokens::NatsTokenStore;
 use crate::store::nats::{NatsConfig, NatsStore};
 use crate::store::{ErrorKind, Store};
@@ -191,7 +191,12 @@ async fn open_backends_or_stop(
         StoreConfig::Embedded => {
             let store_config = EmbeddedConfig {
                 retention: config.retention.clone(),
-                direct_writes: config.direct_writes,
+                // set: that way only; unset: measured while running, the faster kept
+                direct_writes: config.direct_writes.unwrap_or(true),
+                write_trials: match config.direct_writes {
+                    Some(_) => None,
+                    None => Some(WriteTrials::default()),
+                },
                 ..EmbeddedConfig::new(config.data_dir.join("store"))
             };
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(store_config))

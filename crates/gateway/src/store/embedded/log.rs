@@ -881,6 +881,24 @@ impl SegmentWriter {
         self.direct.is_some()
     }
 
+    /// Writes the next batches direct or through the page cache (between batches; see
+    /// `modes`). Both write the same log: to buffered, the direct descriptor and its staging
+    /// buffer go (the log's last partial block is on disk, a buffered write at `pos` reads it
+    /// back); to direct, the last partial block is read from the file as at open. Linux keeps
+    /// the page cache coherent with direct writes (it writes back and drops the pages a
+    /// direct write covers). Stays buffered where the filesystem refuses `O_DIRECT`.
+    pub(super) fn set_direct(&mut self, direct: bool) -> io::Result<()> {
+        if direct == self.direct.is_some() {
+            return Ok(());
+        }
+        self.direct = if direct {
+            Direct::open(&self.id.path(&self.dir), &self.file, self.pos)?
+        } else {
+            None
+        };
+        Ok(())
+    }
+
     /// Writes `batch` at the end of the segment and fdatasyncs it once: in direct writes of
     /// whole blocks (see [`Direct`]), or buffered in pieces of at most [`WRITE_PIECE`]. On
     /// failure the segment is cut back to where it was (the bytes were never acknowledged), so

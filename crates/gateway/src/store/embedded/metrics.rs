@@ -23,6 +23,8 @@ pub(super) struct Metrics {
     /// Batches of one committed by the request's own task (the only append in flight).
     pub(super) inline_batches: AtomicU64,
     pub(super) fsyncs: AtomicU64,
+    /// Trials of the other way of writing the log (`modes`).
+    pub(super) write_trials: AtomicU64,
     /// Zero bytes written ahead of the log's end (`SegmentWriter::prepare`).
     pub(super) prepared_bytes: AtomicU64,
     pub(super) appended_bytes: AtomicU64,
@@ -52,6 +54,7 @@ impl Metrics {
             batches: AtomicU64::new(0),
             inline_batches: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            write_trials: AtomicU64::new(0),
             prepared_bytes: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             padded_bytes: AtomicU64::new(0),
@@ -87,6 +90,12 @@ impl Metrics {
                 "fsyncs_total",
                 "fdatasync calls on log segments",
                 &self.fsyncs,
+            ),
+            (
+                "write_trials_total",
+                "trials of the other way of writing the log (direct or through the page cache), \
+                 kept when it wrote faster",
+                &self.write_trials,
             ),
             (
                 "prepared_bytes_total",

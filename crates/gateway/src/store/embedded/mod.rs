@@ -11,6 +11,7 @@ mod index;
 mod log;
 mod maintenance;
 mod metrics;
+mod modes;
 mod read;
 mod recovery;
 mod repair;
@@ -35,6 +36,7 @@ use tracing::info;
 
 pub use self::compact::CompactReport;
 pub use self::metrics::RecoveryReport;
+pub use self::modes::WriteTrials;
 use self::read::SegmentFiles;
 pub use self::repair::{CheckReport, RepairReport, check, repair};
 pub use self::scan::DamageReport;
@@ -83,9 +85,14 @@ pub struct EmbeddedConfig {
     /// reuse warm pages ([`log::SegmentWriter::release_behind`]). Direct writes cache nothing.
     pub cached_tail_bytes: u64,
     /// Whether the log is written past the page cache (`O_DIRECT`), where the filesystem
-    /// allows it; buffered writes otherwise. On by default: it costs the writer a quarter of
+    /// allows it; buffered writes otherwise. The way the writer starts, and the only one when
+    /// `write_trials` is `None`. On by default: on fast disks it costs the writer a quarter of
     /// the CPU per GiB of buffered writes on the reference VM (see `log::Direct`).
     pub direct_writes: bool,
+    /// Whether the writer measures both ways of writing (direct, buffered) while it runs and
+    /// keeps the faster (see `modes`): how often and how long it tries the other; `None`
+    /// writes only the way `direct_writes` says. On by default.
+    pub write_trials: Option<WriteTrials>,
     /// Whether reads check record checksums. Always on in the gateway; off only for the
     /// benchmark that measures what the check costs (`tests/store_bench.rs`).
     #[doc(hidden)]
@@ -110,6 +117,7 @@ impl EmbeddedConfig {
             retention: RetentionConfig::default(),
             cached_tail_bytes: 32 << 20,
             direct_writes: true,
+            write_trials: Some(WriteTrials::default()),
             verify_reads: true,
         }
     }
@@ -196,6 +204,7 @@ impl EmbeddedStore {
         );
         let segment = log::SegmentWriter::open(dir, end.0, end.1, config.direct_writes)
             .map_err(|e| io("opening the log in", e))?;
+        let segment_direct = segment.is_direct();
         info!(
             segment = %segment.id(),
             pos = segment.pos(),
@@ -236,6 +245,10 @@ impl EmbeddedStore {
             last_checkpoint: Instant::now(),
             last_write: Duration::ZERO,
             prepare: writer::Prepare::new(tx.downgrade()),
+            modes: config
+                .write_trials
+                .filter(|_| segment_direct || !config.direct_writes)
+                .map(|trials| modes::Chooser::new(trials, segment_direct)),
         }));
         writer::lock(&writer).gauge_staging();
         let thread = WriterThread {

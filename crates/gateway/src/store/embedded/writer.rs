@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use super::Shared;
 use super::index::{Meta, Tables, db_err};
 use super::log::{Batch, PREPARE_STEP, Record, SegmentWriter, is_no_space};
+use super::modes::{Chooser, Verdict};
 use crate::store::{Appended, ErrorKind, StoreError, unix_now};
 use crate::stream_id::StreamId;
 
@@ -135,6 +136,9 @@ pub(super) struct Writer {
     /// How long the last batch's write and sync took.
     pub(super) last_write: Duration,
     pub(super) prepare: Prepare,
+    /// Chooses between direct and buffered writes by measuring both (`None`: the configured
+    /// way only, or the filesystem refuses direct writes).
+    pub(super) modes: Option<Chooser>,
 }
 
 /// Batches are "small" (worth writing zeros ahead of the log's end for) while their moving
@@ -628,6 +632,53 @@ impl Writer {
         Ok(outcomes)
     }
 
+    /// Tells the chooser how the batch just written went, and writes the next ones the way it
+    /// says (see `modes`).
+    fn choose_mode(&mut self, bytes: u64) {
+        let Some(modes) = &mut self.modes else {
+            return;
+        };
+        let verdict = modes.observe(self.segment.is_direct(), bytes, self.last_write);
+        let next = match verdict {
+            Verdict::Same => return,
+            Verdict::Try { direct } => {
+                self.shared.metrics.write_trials.fetch_add(1, Relaxed);
+                direct
+            }
+            Verdict::Settle {
+                direct: next,
+                switched,
+                rates: (direct_rate, buffered_rate),
+            } => {
+                if switched {
+                    let way = |d: bool| {
+                        if d {
+                            "direct"
+                        } else {
+                            "through the page cache"
+                        }
+                    };
+                    let mib = |r: f64| (r / f64::from(1 << 20)).round() as u64;
+                    info!(
+                        direct_mib_per_s = mib(direct_rate),
+                        buffered_mib_per_s = mib(buffered_rate),
+                        "store log: writing {} from now on",
+                        way(next)
+                    );
+                }
+                next
+            }
+        };
+        if let Err(err) = self.segment.set_direct(next) {
+            warn!(error = %err, segment = %self.segment.id(), "store log: switching the way it is written failed; going on as before");
+        }
+        if next && !self.segment.is_direct() {
+            // the filesystem refuses direct writes: nothing to choose
+            self.modes = None;
+        }
+        self.gauge_staging();
+    }
+
     /// Adds a record to the batch buffer; a batch that would overflow the segment starts a new
     /// one first. A batch never spans segments: it is one write, cut back whole when it fails.
     /// Returns where the record goes.
@@ -688,6 +739,7 @@ impl Writer {
         self.last_write = started.elapsed();
         match result {
             Ok(()) => {
+                self.choose_mode(len as u64);
                 self.segment.release_behind(self.config.cached_tail_bytes);
                 let prepare = &mut self.prepare;
                 prepare.batch_bytes = if prepare.batch_bytes == u64::MAX {
