@@ -673,7 +673,7 @@ impl Writer {
             warn!(error = %err, segment = %self.segment.id(), "store log: switching the way it is written failed; going on as before");
         }
         if next && !self.segment.is_direct() {
-            // the filesystem refuses direct writes: nothing to choose
+            // direct writes refused (or opening them failed): buffered, nothing to choose
             self.modes = None;
         }
         self.gauge_staging();
