@@ -193,10 +193,7 @@ async fn open_backends_or_stop(
                 retention: config.retention.clone(),
                 // set: that way only; unset: measured while running, the faster kept
                 direct_writes: config.direct_writes.unwrap_or(true),
-                write_trials: match config.direct_writes {
-                    Some(_) => None,
-                    None => Some(WriteTrials::default()),
-                },
+                write_trials: config.direct_writes.is_none().then(WriteTrials::default),
                 ..EmbeddedConfig::new(config.data_dir.join("store"))
             };
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(store_config))

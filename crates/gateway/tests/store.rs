@@ -269,22 +269,29 @@ async fn torn_record_after_kill_is_cut() {
     store.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_bytes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs the crash child of `mode` in `dir` once per entry of `kills`, killing it after that many
+/// acknowledgement lines, and checks after each kill that the reopened store holds every byte
+/// acknowledged so far.
+async fn kill_and_verify(dir: &Path, mode: &str, kills: &[usize]) {
     let mut all_acks = Vec::new();
-    for kill_after in [3, 40, 150, 17] {
-        let child = spawn_child(dir.path(), "crash");
+    for &kill_after in kills {
+        let child = spawn_child(dir, mode);
         let mut seen = 0;
         let (acks, _child) = read_acks(child, |_| {
             seen += 1;
             seen >= kill_after
         });
         all_acks.extend(acks);
-        let store = open(config(dir.path())).await.unwrap();
+        let store = open(config(dir)).await.unwrap();
         verify(&store, &all_acks).await;
         store.close().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_bytes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_and_verify(dir.path(), "crash", &[3, 40, 150, 17]).await;
     // the log the kills tore and recovery reopened holds pad records (magic, type 5)
     let pads: usize = std::fs::read_dir(dir.path().join("segments"))
         .unwrap()
@@ -310,19 +317,7 @@ const SWITCHING: WriteTrials = WriteTrials {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_bytes_survive_kill_9_while_the_write_way_switches() {
     let dir = tempfile::tempdir().unwrap();
-    let mut all_acks = Vec::new();
-    for kill_after in [5, 60, 200, 23] {
-        let child = spawn_child(dir.path(), "crash-switching");
-        let mut seen = 0;
-        let (acks, _child) = read_acks(child, |_| {
-            seen += 1;
-            seen >= kill_after
-        });
-        all_acks.extend(acks);
-        let store = open(config(dir.path())).await.unwrap();
-        verify(&store, &all_acks).await;
-        store.close().await.unwrap();
-    }
+    kill_and_verify(dir.path(), "crash-switching", &[5, 60, 200, 23]).await;
     let check = engine_gateway::store::embedded::check(&config(dir.path())).unwrap();
     assert!(check.damage.is_empty(), "{}", check.damage);
 }

@@ -35,10 +35,10 @@ impl Default for WriteTrials {
     }
 }
 
-/// The other way must have written this much faster to be kept when it is buffered (which
-/// costs more CPU)...
+/// Buffered writes (which cost more CPU) replace direct ones when they moved at least this
+/// many times the bytes per second...
 const BUFFERED_MARGIN: f64 = 1.15;
-/// ...and direct is kept back from a buffered settled way unless it was this much slower.
+/// ...and direct writes come back when they moved more than this share of the buffered ones'.
 const DIRECT_MARGIN: f64 = 0.95;
 
 /// Bytes and the time their writes and syncs took.
