@@ -28,7 +28,7 @@ for _ in $(seq 600); do
 done
 [[ -n $gateway ]] || { echo "no gateway child found" >&2; cat "$out/run.log" >&2; exit 1; }
 sleep 1.5   # past the settle pause, into the scenario
-perf record -e cpu-clock -F 999 -g -p "$gateway" -o "$out/perf.data" -- sleep $((seconds - 3)) \
+perf record -e cpu-clock -F 999 ${PERF_CG:--g} -p "$gateway" -o "$out/perf.data" -- sleep $((seconds - 3)) \
     2>"$out/perf.log"
 wait "$bench"
 cat "$out/run.md" | grep -E '^\| (disk|raw|[0-9])'

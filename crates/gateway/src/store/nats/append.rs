@@ -184,8 +184,10 @@ impl Inner {
                 let message = PublishMessage::build()
                     .headers(headers.clone())
                     .payload(payload.clone());
+                // this thread's own connection when it has one (`publishers`), per attempt
+                let js = self.publishers.context(&self.js);
                 async move {
-                    match self.js.send_publish(subject.to_owned(), message).await {
+                    match js.send_publish(subject.to_owned(), message).await {
                         Ok(ack) => ack.await,
                         Err(err) => Err(err),
                     }

@@ -13,6 +13,7 @@
 
 mod append;
 pub mod codec;
+mod publishers;
 mod read;
 mod retry;
 mod setup;
@@ -151,6 +152,8 @@ pub struct NatsStore {
 struct Inner {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
+    /// The connection threads' own connections, which their publishes use (`publishers`).
+    publishers: Arc<publishers::Publishers>,
     /// Handle on the JetStream stream (its name and API context; not its info).
     stream: async_nats::jetstream::stream::Stream,
     subjects: codec::Subjects,
@@ -190,6 +193,7 @@ impl NatsStore {
                 js,
                 stream,
                 subjects: codec::Subjects::new(&config.subject_prefix),
+                publishers: publishers::Publishers::new(config.clone()),
                 tips: state::TipCache::default(),
                 cursors: read::CursorCache::default(),
                 closed: AtomicBool::new(false),
@@ -353,6 +357,12 @@ impl Store for NatsStore {
             "engine_gateway_store_nats_connected",
             "whether the nats connection is up",
             u8::from(connected),
+        );
+        write_gauge(
+            out,
+            "engine_gateway_store_nats_thread_connections",
+            "connection threads publishing over a nats connection of their own that is up",
+            self.inner.publishers.connected(),
         );
     }
 }

@@ -29,16 +29,60 @@ pub(super) async fn connect(
             config.replicas
         )));
     }
-    let addrs = config
+    let addrs = addrs(config)?;
+    let client = dial(config, addrs, "engine-gateway").await?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(config.request_timeout)
+        .build(client.clone());
+    ensure_stream(&js, config).await?;
+    ensure_bucket(&js, config).await?;
+    // The data path works in short attempts (retried until request_timeout, see retry.rs);
+    // setup above keeps the long timeout, as creating an R3 stream may take seconds.
+    let data = data_context(config, &client);
+    let stream = data
+        .get_stream(&config.stream)
+        .await
+        .map_err(|err| StoreError::unavailable(format!("nats: stream info: {err}")))?;
+    Ok((client, data, stream))
+}
+
+/// A connection that only publishes (`publishers.rs`): the stream and bucket exist already.
+pub(super) async fn connect_publisher(
+    config: &NatsConfig,
+) -> Result<(async_nats::Client, jetstream::Context), StoreError> {
+    let addrs = addrs(config)?;
+    let client = dial(config, addrs, "engine-gateway-publisher").await?;
+    let js = data_context(config, &client);
+    Ok((client, js))
+}
+
+fn addrs(config: &NatsConfig) -> Result<Vec<ServerAddr>, StoreError> {
+    config
         .urls
         .iter()
         .map(|u| {
             u.parse::<ServerAddr>()
                 .map_err(|err| StoreError::internal(format!("nats url {u:?}: {err}")))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let options = options(config).await?;
-    let client = tokio::time::timeout(config.connect_timeout, options.connect(addrs))
+        .collect()
+}
+
+/// The data path's context: short attempts, retried until `request_timeout` (retry.rs).
+fn data_context(config: &NatsConfig, client: &async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(config.attempt_timeout.min(config.request_timeout))
+        .build(client.clone())
+}
+
+/// Connects within `connect_timeout`, the connection named `name` (it shows in the server's
+/// connection list and in the client's log lines).
+async fn dial(
+    config: &NatsConfig,
+    addrs: Vec<ServerAddr>,
+    name: &'static str,
+) -> Result<async_nats::Client, StoreError> {
+    let options = options(config, name).await?;
+    tokio::time::timeout(config.connect_timeout, options.connect(addrs))
         .await
         .map_err(|_| {
             StoreError::unavailable(format!(
@@ -47,25 +91,10 @@ pub(super) async fn connect(
                 config.connect_timeout
             ))
         })?
-        .map_err(|err| StoreError::unavailable(format!("nats: connect: {err}")))?;
-    let js = jetstream::ContextBuilder::new()
-        .timeout(config.request_timeout)
-        .build(client.clone());
-    ensure_stream(&js, config).await?;
-    ensure_bucket(&js, config).await?;
-    // The data path works in short attempts (retried until request_timeout, see retry.rs);
-    // setup above keeps the long timeout, as creating an R3 stream may take seconds.
-    let data = jetstream::ContextBuilder::new()
-        .timeout(config.attempt_timeout.min(config.request_timeout))
-        .build(client.clone());
-    let stream = data
-        .get_stream(&config.stream)
-        .await
-        .map_err(|err| StoreError::unavailable(format!("nats: stream info: {err}")))?;
-    Ok((client, data, stream))
+        .map_err(|err| StoreError::unavailable(format!("nats: connect: {err}")))
 }
 
-async fn options(config: &NatsConfig) -> Result<ConnectOptions, StoreError> {
+async fn options(config: &NatsConfig, name: &'static str) -> Result<ConnectOptions, StoreError> {
     let mut options =
         match &config.credentials {
             Credentials::None => ConnectOptions::new(),
@@ -88,18 +117,20 @@ async fn options(config: &NatsConfig) -> Result<ConnectOptions, StoreError> {
     }
     Ok(options
         .require_tls(config.tls.require)
-        .name("engine-gateway")
+        .name(name)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         // Reconnect forever, with the client's own capped backoff.
         .max_reconnects(None)
-        .event_callback(|event| async move {
+        .event_callback(move |event| async move {
             match event {
-                Event::Connected => tracing::info!("nats connected"),
-                Event::Disconnected => tracing::warn!("nats disconnected, reconnecting"),
+                Event::Connected => tracing::info!(connection = name, "nats connected"),
+                Event::Disconnected => {
+                    tracing::warn!(connection = name, "nats disconnected, reconnecting");
+                }
                 // Lame duck mode, slow consumers, server and client errors.
-                other => tracing::warn!(event = %other, "nats event"),
+                other => tracing::warn!(connection = name, event = %other, "nats event"),
             }
         }))
 }
