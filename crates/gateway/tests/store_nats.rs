@@ -589,3 +589,64 @@ async fn token_lookups_follow_the_bucket_watch_and_never_answer_from_a_copy_whil
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+fn thread_connections(store: &NatsStore) -> String {
+    let mut out = String::new();
+    store.write_metrics(&mut out);
+    out.lines()
+        .find_map(|l| l.strip_prefix("engine_gateway_store_nats_thread_connections "))
+        .unwrap()
+        .to_owned()
+}
+
+/// A single-threaded runtime (as each connection thread of the gateway is) gets a connection
+/// of its own for its publishes: the first append goes over the shared one and starts it, the
+/// next ones use it once it is up, and everything reads back in order.
+#[tokio::test(flavor = "current_thread")]
+async fn a_single_threaded_runtime_publishes_over_its_own_connection() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let s = store(&server).await;
+    let log = id("acme/prod/own-connection.log");
+    assert_eq!(thread_connections(&s), "0");
+    let mut want = Vec::new();
+    let piece = |i: usize| Bytes::from(format!("line {i}\n"));
+    s.append(&log, 0, piece(0), false).await.unwrap();
+    want.extend_from_slice(&piece(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while thread_connections(&s) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "no connection of the runtime's own came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 1..50 {
+        let at = want.len() as u64;
+        let appended = s.append(&log, at, piece(i), false).await.unwrap();
+        want.extend_from_slice(&piece(i));
+        assert_eq!(appended.offset, want.len() as u64);
+    }
+    assert_eq!(read_all(&s, &log).await, want);
+    // a second instance (another replica) sees the same bytes
+    assert_eq!(read_all(&store(&server).await, &log).await, want);
+    assert_eq!(thread_connections(&s), "1");
+}
+
+/// Publishes from the multi-thread runtime go over the shared connection: no other is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_thread_runtime_publishes_over_the_shared_connection() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let s = store(&server).await;
+    let log = id("acme/prod/shared-connection.log");
+    for i in 0..20u64 {
+        s.append(&log, i, Bytes::from_static(b"x"), false)
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_all(&s, &log).await, vec![b'x'; 20]);
+    assert_eq!(thread_connections(&s), "0");
+}
