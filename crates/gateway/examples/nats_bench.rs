@@ -5,8 +5,9 @@
 //! table with nats-server's (and the gateway's) CPU per GiB.
 //!
 //! `cargo run --release --example nats_bench -- [--gateway PATH] [--nats-server PATH]
-//! [--streams N] [--payload BYTES] [--total-mib N] [--rounds N]` (bench/nats.sh runs it and
-//! keeps results).
+//! [--streams N] [--payload BYTES] [--total-mib N] [--rounds N] [--baseline-gateway PATH]`
+//! (bench/nats.sh runs it and keeps results). With `--baseline-gateway`, every round also runs
+//! that build (the two gateways' order alternating by round), for a before/after in one run.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -22,6 +23,8 @@ use hyper_util::rt::TokioIo;
 /// What to run.
 struct Options {
     gateway: String,
+    /// A second gateway build run in every round too, for before/after ratios.
+    baseline: Option<String>,
     nats_server: String,
     /// Concurrent streams (one client task each, one request in flight per stream).
     streams: usize,
@@ -71,18 +74,44 @@ async fn main() -> anyhow::Result<()> {
     let mut rounds = Vec::new();
     let mut last = (0, String::new());
     for round in 0..options.rounds {
-        let direct = direct_run(&nats_url, &options, nats_pid, round).await;
-        let gateway = gateway_run(&nats_url, &options, dir.path(), nats_pid, round).await;
-        let (direct, (gateway, peak_rss_kib, metrics)) = match (direct, gateway) {
-            (Ok(direct), Ok(gateway)) => (direct, gateway),
-            (Err(err), _) | (_, Err(err)) => {
+        let result = async {
+            let direct = direct_run(&nats_url, &options, nats_pid, round).await?;
+            let candidate = (options.gateway.as_str(), GATEWAY, "g");
+            let Some(baseline) = &options.baseline else {
+                let gateway =
+                    gateway_run(&nats_url, &options, candidate, dir.path(), nats_pid, round)
+                        .await?;
+                return anyhow::Ok((direct, gateway, None));
+            };
+            let baseline = (baseline.as_str(), BASELINE, "b");
+            // ABBA: the second run of a round often meets a warmer machine
+            let order = if round % 2 == 0 {
+                [candidate, baseline]
+            } else {
+                [baseline, candidate]
+            };
+            let first =
+                gateway_run(&nats_url, &options, order[0], dir.path(), nats_pid, round).await?;
+            let second =
+                gateway_run(&nats_url, &options, order[1], dir.path(), nats_pid, round).await?;
+            let (gateway, base) = if round % 2 == 0 {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            anyhow::Ok((direct, gateway, Some(base.0)))
+        }
+        .await;
+        let (direct, (gateway, peak_rss_kib, metrics), base) = match result {
+            Ok(runs) => runs,
+            Err(err) => {
                 let _ = nats.kill();
                 let _ = nats.wait();
                 return Err(err);
             }
         };
         last = (last.0.max(peak_rss_kib), metrics);
-        rounds.push((direct, gateway));
+        rounds.push((direct, gateway, base));
     }
     let _ = nats.kill();
     let _ = nats.wait();
@@ -92,8 +121,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| round | path | streams | payload | MiB | seconds | MiB/s | msgs/s | nats-server CPU-s/GiB | gateway CPU-s/GiB |\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    for (round, (direct, gateway)) in rounds.iter().enumerate() {
-        for run in [direct, gateway] {
+    for (round, (direct, gateway, base)) in rounds.iter().enumerate() {
+        for run in [Some(direct), Some(gateway), base.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             println!(
                 "| {} | {} | {} | {} KiB | {} | {:.2} | {:.1} | {:.0} | {:.2} | {} |",
                 round + 1,
@@ -119,11 +151,11 @@ async fn main() -> anyhow::Result<()> {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         }
     };
-    let throughput = median(rounds.iter().map(|(d, g)| mib_s(g) / mib_s(d)).collect());
+    let throughput = median(rounds.iter().map(|(d, g, _)| mib_s(g) / mib_s(d)).collect());
     let server_cpu = median(
         rounds
             .iter()
-            .map(|(d, g)| (g.nats_cpu_s / gib(g)) / (d.nats_cpu_s / gib(d)))
+            .map(|(d, g, _)| (g.nats_cpu_s / gib(g)) / (d.nats_cpu_s / gib(d)))
             .collect(),
     );
     println!(
@@ -132,6 +164,33 @@ async fn main() -> anyhow::Result<()> {
         rounds.len(),
         last.0 as f64 / 1024.0
     );
+    let gateway_cpu = |r: &Run| r.gateway_cpu_s.unwrap_or(f64::NAN) / gib(r);
+    let pairs: Vec<(&Run, &Run, &Run)> = rounds
+        .iter()
+        .filter_map(|(d, g, b)| b.as_ref().map(|b| (d, g, b)))
+        .collect();
+    if !pairs.is_empty() {
+        let base_throughput = median(pairs.iter().map(|(d, _, b)| mib_s(b) / mib_s(d)).collect());
+        let base_server = median(
+            pairs
+                .iter()
+                .map(|(d, _, b)| (b.nats_cpu_s / gib(b)) / (d.nats_cpu_s / gib(d)))
+                .collect(),
+        );
+        let vs_throughput = median(pairs.iter().map(|(_, g, b)| mib_s(g) / mib_s(b)).collect());
+        let vs_cpu = median(
+            pairs
+                .iter()
+                .map(|(_, g, b)| gateway_cpu(g) / gateway_cpu(b))
+                .collect(),
+        );
+        println!(
+            "\nbaseline gateway / direct, median of the rounds' ratios: **{base_throughput:.2}×** \
+             throughput, **{base_server:.2}×** nats-server CPU per GiB\n\ngateway / baseline \
+             gateway, median of the rounds' ratios: **{vs_throughput:.2}×** throughput, \
+             **{vs_cpu:.2}×** gateway CPU per GiB"
+        );
+    }
     println!("\ngateway's nats counters after its last run: {}", last.1);
     Ok(())
 }
@@ -220,9 +279,15 @@ async fn direct_run(
 /// Starts the gateway on the same server and PATCHes the same payloads through it over
 /// HTTP/1.1 keep-alive connections; returns the run, the gateway's peak RSS in KiB and its
 /// nats counters.
+/// The two gateway builds' names in the table.
+const GATEWAY: &str = "through engine-gateway (HTTP PATCH)";
+const BASELINE: &str = "through the baseline gateway (HTTP PATCH)";
+
+/// One gateway run: `(binary, name in the table, tag in the stream names)`.
 async fn gateway_run(
     nats_url: &str,
     options: &Options,
+    (bin, name, tag): (&str, &'static str, &str),
     dir: &std::path::Path,
     nats_pid: u32,
     round: usize,
@@ -230,7 +295,7 @@ async fn gateway_run(
     let port = free_port()?;
     let data_dir = dir.join("gateway");
     let mut gateway = ChildGuard(
-        Command::new(&options.gateway)
+        Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -238,7 +303,7 @@ async fn gateway_run(
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("starting {}", options.gateway))?,
+            .with_context(|| format!("starting {bin}"))?,
     );
     let token_file = data_dir.join("admin.token");
     wait_until(|| token_file.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
@@ -251,7 +316,7 @@ async fn gateway_run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..options.streams {
-        let (payload, token) = (payload.clone(), token.clone());
+        let (payload, token, tag) = (payload.clone(), token.clone(), tag.to_owned());
         tasks.push(tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
             tcp.set_nodelay(true)?;
@@ -259,12 +324,13 @@ async fn gateway_run(
                 hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
             for i in 0..per_stream {
-                let request = http::Request::patch(format!("/v1/streams/acme/prod/r{round}-s{s}"))
-                    .header("host", "bench")
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("content-type", "application/offset+octet-stream")
-                    .header("stream-offset", (i * payload.len()).to_string())
-                    .body(Full::new(payload.clone()))?;
+                let request =
+                    http::Request::patch(format!("/v1/streams/acme/prod/{tag}{round}-s{s}"))
+                        .header("host", "bench")
+                        .header("authorization", format!("Bearer {token}"))
+                        .header("content-type", "application/offset+octet-stream")
+                        .header("stream-offset", (i * payload.len()).to_string())
+                        .body(Full::new(payload.clone()))?;
                 let response = sender.send_request(request).await?;
                 let status = response.status();
                 let body = response.into_body().collect().await?.to_bytes();
@@ -294,7 +360,7 @@ async fn gateway_run(
     let _ = gateway.0.wait();
     Ok((
         Run {
-            name: "through engine-gateway (HTTP PATCH)",
+            name,
             seconds,
             bytes: per_stream * options.streams * options.payload,
             nats_cpu_s,
@@ -368,6 +434,7 @@ async fn wait_until(ready: impl Fn() -> bool) -> anyhow::Result<()> {
 fn parse_args() -> anyhow::Result<Options> {
     let mut options = Options {
         gateway: "target/release/engine-gateway".into(),
+        baseline: None,
         nats_server: "nats-server".into(),
         streams: 8,
         payload: 64 * 1024,
@@ -376,11 +443,19 @@ fn parse_args() -> anyhow::Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "nats_bench [--gateway PATH] [--baseline-gateway PATH] [--nats-server PATH] \
+                 [--streams N] [--payload BYTES] [--total-mib N] [--rounds N]"
+            );
+            std::process::exit(0);
+        }
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--gateway" => options.gateway = value,
+            "--baseline-gateway" => options.baseline = Some(value),
             "--nats-server" => options.nats_server = value,
             "--streams" => options.streams = value.parse()?,
             "--payload" => options.payload = value.parse()?,
