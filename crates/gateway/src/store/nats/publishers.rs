@@ -42,11 +42,14 @@ pub(super) struct Publishers {
 
 enum Slot {
     Connecting,
-    Ready {
-        client: async_nats::Client,
-        js: jetstream::Context,
-    },
+    Ready(Box<Publisher>),
     Failed(Instant),
+}
+
+/// A runtime's own connection and its data-path context.
+struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
 }
 
 impl Publishers {
@@ -69,9 +72,9 @@ impl Publishers {
         let id = handle.id();
         let mut by_runtime = self.lock();
         match by_runtime.get(&id) {
-            Some(Slot::Ready { client, js }) => {
-                return if matches!(client.connection_state(), State::Connected) {
-                    js.clone()
+            Some(Slot::Ready(publisher)) => {
+                return if matches!(publisher.client.connection_state(), State::Connected) {
+                    publisher.js.clone()
                 } else {
                     shared.clone()
                 };
@@ -88,7 +91,7 @@ impl Publishers {
         // on this runtime: the connection's task must live where its publishes come from
         handle.spawn(async move {
             let slot = match setup::connect_publisher(&this.config).await {
-                Ok((client, js)) => Slot::Ready { client, js },
+                Ok((client, js)) => Slot::Ready(Box::new(Publisher { client, js })),
                 Err(err) => {
                     tracing::warn!(error = %err, "nats: a connection thread's own connection failed; its publishes use the shared one");
                     Slot::Failed(Instant::now())
@@ -104,8 +107,8 @@ impl Publishers {
         self.lock()
             .values()
             .filter(|slot| {
-                matches!(slot, Slot::Ready { client, .. }
-                    if matches!(client.connection_state(), State::Connected))
+                matches!(slot, Slot::Ready(publisher)
+                    if matches!(publisher.client.connection_state(), State::Connected))
             })
             .count()
     }
