@@ -7,6 +7,8 @@
 # usage: bench/profile_ingest.sh [STREAMS] [SECONDS]     (default 64 streams, 12 s)
 #        GATEWAY_BIN=/tmp/old-engine-gateway bench/profile_ingest.sh 64
 # Extra gateway-bench flags go in BENCH_ARGS (e.g. "--gateway-env MALLOC_CONF=...").
+# PERF_CG sets perf's call-graph mode (default -g, frame pointers; "--call-graph dwarf,16384"
+# also unwinds through libc, whose memcpy and syscalls frame pointers lose).
 # Leaves perf.data and the reports in target/profile-ingest/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -85,19 +85,20 @@ async fn main() -> anyhow::Result<()> {
             };
             let baseline = (baseline.as_str(), BASELINE, "b");
             // ABBA: the second run of a round often meets a warmer machine
-            let order = if round % 2 == 0 {
-                [candidate, baseline]
+            let flip = round % 2 == 1;
+            let (first, second) = if flip {
+                (baseline, candidate)
             } else {
-                [baseline, candidate]
+                (candidate, baseline)
             };
             let first =
-                gateway_run(&nats_url, &options, order[0], dir.path(), nats_pid, round).await?;
+                gateway_run(&nats_url, &options, first, dir.path(), nats_pid, round).await?;
             let second =
-                gateway_run(&nats_url, &options, order[1], dir.path(), nats_pid, round).await?;
-            let (gateway, base) = if round % 2 == 0 {
-                (first, second)
-            } else {
+                gateway_run(&nats_url, &options, second, dir.path(), nats_pid, round).await?;
+            let (gateway, base) = if flip {
                 (second, first)
+            } else {
+                (first, second)
             };
             anyhow::Ok((direct, gateway, Some(base.0)))
         }
@@ -151,11 +152,14 @@ async fn main() -> anyhow::Result<()> {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         }
     };
+    // a run's figure per GiB divided by another's
+    let server_per_gib = |r: &Run| r.nats_cpu_s / gib(r);
+    let gateway_per_gib = |r: &Run| r.gateway_cpu_s.unwrap_or(f64::NAN) / gib(r);
     let throughput = median(rounds.iter().map(|(d, g, _)| mib_s(g) / mib_s(d)).collect());
     let server_cpu = median(
         rounds
             .iter()
-            .map(|(d, g, _)| (g.nats_cpu_s / gib(g)) / (d.nats_cpu_s / gib(d)))
+            .map(|(d, g, _)| server_per_gib(g) / server_per_gib(d))
             .collect(),
     );
     println!(
@@ -164,7 +168,6 @@ async fn main() -> anyhow::Result<()> {
         rounds.len(),
         last.0 as f64 / 1024.0
     );
-    let gateway_cpu = |r: &Run| r.gateway_cpu_s.unwrap_or(f64::NAN) / gib(r);
     let pairs: Vec<(&Run, &Run, &Run)> = rounds
         .iter()
         .filter_map(|(d, g, b)| b.as_ref().map(|b| (d, g, b)))
@@ -174,14 +177,14 @@ async fn main() -> anyhow::Result<()> {
         let base_server = median(
             pairs
                 .iter()
-                .map(|(d, _, b)| (b.nats_cpu_s / gib(b)) / (d.nats_cpu_s / gib(d)))
+                .map(|(d, _, b)| server_per_gib(b) / server_per_gib(d))
                 .collect(),
         );
         let vs_throughput = median(pairs.iter().map(|(_, g, b)| mib_s(g) / mib_s(b)).collect());
         let vs_cpu = median(
             pairs
                 .iter()
-                .map(|(_, g, b)| gateway_cpu(g) / gateway_cpu(b))
+                .map(|(_, g, b)| gateway_per_gib(g) / gateway_per_gib(b))
                 .collect(),
         );
         println!(
@@ -276,14 +279,13 @@ async fn direct_run(
     })
 }
 
-/// Starts the gateway on the same server and PATCHes the same payloads through it over
-/// HTTP/1.1 keep-alive connections; returns the run, the gateway's peak RSS in KiB and its
-/// nats counters.
 /// The two gateway builds' names in the table.
 const GATEWAY: &str = "through engine-gateway (HTTP PATCH)";
 const BASELINE: &str = "through the baseline gateway (HTTP PATCH)";
 
-/// One gateway run: `(binary, name in the table, tag in the stream names)`.
+/// Starts the gateway `(binary, name in the table, tag in the stream names)` on the same server
+/// and PATCHes the same payloads through it over HTTP/1.1 keep-alive connections; returns the
+/// run, the gateway's peak RSS in KiB and its nats counters.
 async fn gateway_run(
     nats_url: &str,
     options: &Options,

@@ -52,6 +52,12 @@ struct Publisher {
     js: jetstream::Context,
 }
 
+impl Publisher {
+    fn is_up(&self) -> bool {
+        matches!(self.client.connection_state(), State::Connected)
+    }
+}
+
 impl Publishers {
     pub(super) fn new(config: NatsConfig) -> Arc<Self> {
         Arc::new(Publishers {
@@ -73,7 +79,7 @@ impl Publishers {
         let mut by_runtime = self.lock();
         match by_runtime.get(&id) {
             Some(Slot::Ready(publisher)) => {
-                return if matches!(publisher.client.connection_state(), State::Connected) {
+                return if publisher.is_up() {
                     publisher.js.clone()
                 } else {
                     shared.clone()
@@ -106,10 +112,7 @@ impl Publishers {
     pub(super) fn connected(&self) -> usize {
         self.lock()
             .values()
-            .filter(|slot| {
-                matches!(slot, Slot::Ready(publisher)
-                    if matches!(publisher.client.connection_state(), State::Connected))
-            })
+            .filter(|slot| matches!(slot, Slot::Ready(publisher) if publisher.is_up()))
             .count()
     }
 
